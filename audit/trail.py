@@ -1,0 +1,130 @@
+"""The append-only, hash-chained, keyed audit trail (JSON Lines).
+
+Each line is one entry: the caller's record plus ``seq``, ``time``, ``prev_hash``, ``hash``
+and ``mac``. ``hash`` is SHA-256 over the canonical serialisation of the entry without
+``hash`` and ``mac`` (so it covers ``prev_hash``, chaining the entries); ``mac`` is
+HMAC-SHA256 of ``hash`` under the audit key, so that someone who can write the file but does
+not hold the key cannot rebuild a consistent chain.
+
+An append returns only after the line is written and fsync'd: an acknowledged entry is on
+disk. Appends are serialised across threads (a lock) and processes (``flock`` on the file).
+This module imports nothing from the rest of the project, so IG staff can verify a trail
+without trusting the gateway.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+GENESIS_HASH = "0" * 64
+RESERVED = frozenset({"seq", "time", "prev_hash", "hash", "mac"})
+
+
+class AuditWriteError(RuntimeError):
+    """The entry could not be made durable; the caller must not release anything."""
+
+
+def canonical(obj: Any) -> bytes:
+    """The one serialisation that hashes are computed over."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    body = {k: v for k, v in entry.items() if k not in ("hash", "mac")}
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def entry_mac(key: bytes, digest: str) -> str:
+    return hmac.new(key, digest.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+class AuditTrail:
+    """Appends entries to one trail file."""
+
+    def __init__(self, path: Path, key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("the audit key must be at least 32 bytes")
+        self.path = Path(path)
+        self._key = key
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch(exist_ok=True)
+
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Write one entry durably and return it (with seq, hash and mac)."""
+        clash = RESERVED & record.keys()
+        if clash:
+            raise ValueError(f"record uses reserved fields {sorted(clash)}")
+        with self._lock:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise AuditWriteError(f"cannot open the audit trail: {exc.strerror}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                seq, prev = _tail(fd)
+                entry = {
+                    "seq": seq + 1,
+                    "time": datetime.now(UTC).isoformat(timespec="microseconds"),
+                    **record,
+                    "prev_hash": prev,
+                }
+                entry["hash"] = entry_hash(entry)
+                entry["mac"] = entry_mac(self._key, entry["hash"])
+                line = canonical(entry) + b"\n"
+                _write_all(fd, line)
+                os.fsync(fd)
+                return entry
+            except (OSError, ValueError) as exc:
+                raise AuditWriteError(f"cannot write the audit trail: {exc}") from exc
+            finally:
+                os.close(fd)  # closing releases the flock
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    start = os.lseek(fd, 0, os.SEEK_END)
+    view = memoryview(data)
+    try:
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+    except OSError:
+        # Leave no partial line behind: a torn entry would break the chain for everyone after.
+        os.ftruncate(fd, start)
+        raise
+
+
+def _tail(fd: int) -> tuple[int, str]:
+    """The sequence number and hash of the last complete entry (0 and genesis if empty)."""
+    size = os.lseek(fd, 0, os.SEEK_END)
+    if size == 0:
+        return 0, GENESIS_HASH
+    chunk = 4096
+    pos = size
+    buf = b""
+    while pos > 0:
+        step = min(chunk, pos)
+        pos -= step
+        os.lseek(fd, pos, os.SEEK_SET)
+        buf = os.read(fd, step) + buf
+        lines = buf.rstrip(b"\n").split(b"\n")
+        if len(lines) > 1 or pos == 0:
+            last = lines[-1]
+            if not buf.endswith(b"\n"):
+                raise ValueError(
+                    "the trail ends in a torn line; run 'sde-gateway audit verify' and repair it"
+                )
+            entry = json.loads(last)
+            return int(entry["seq"]), str(entry["hash"])
+        chunk *= 2
+    return 0, GENESIS_HASH

@@ -1,0 +1,1 @@
+"""The HTTP gateway: auth, SQL analysis and rewrite, execution, disclosure control, the CLI."""

@@ -1,0 +1,233 @@
+"""The HTTP app, built from settings (no process-global state): ``create_app(settings)``.
+
+Routes are thin: they hand the request to the pipeline and map its typed errors to HTTP.
+Every error, validation errors and unknown paths included, leaves in one JSON shape.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import structlog
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from audit import AuditTrail
+from datasets import load_catalogue
+from gateway.auth import TokenVerifier
+from gateway.engine import DuckDBEngine
+from gateway.errors import GatewayError, TooLarge
+from gateway.logs import configure_logging
+from gateway.pipeline import Pipeline, QueryRequest
+from gateway.settings import Settings
+from gateway.state import ensure_state
+from policies import load_policies
+
+log = structlog.get_logger("sde_gateway.http")
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": desc, "content": {"application/json": {"example": {"error": {
+        "code": name, "message": desc, "reasons": [], "hint": None}}}}}
+    for code, name, desc in [
+        (400, "sql_rejected", "The SQL does not parse or is not allowed"),
+        (401, "unauthenticated", "Missing or invalid bearer token"),
+        (403, "policy_denied", "The policy does not permit the query"),
+        (413, "too_large", "Request body or result over its limit"),
+        (503, "audit_unavailable", "The audit trail cannot be written"),
+        (504, "query_timeout", "The query ran past the time limit"),
+    ]
+}
+
+
+class QueryBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "sql": "SELECT sex, COUNT(DISTINCT person_id) AS people FROM patients GROUP BY sex",
+        "project": "JOINT-PLANNING", "purpose": "planning"}]})
+
+    sql: str = Field(description="One aggregate SELECT in the DuckDB dialect.")
+    project: str = Field(max_length=100, description="The project the query is made under.")
+    purpose: str = Field(max_length=100, description="The declared purpose.")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    configure_logging()
+    catalogue = load_catalogue(settings.catalogue_dir)
+    policies = load_policies(settings.policies_dir, catalogue)
+    keys = ensure_state(settings.state_dir)
+    trail = AuditTrail(settings.audit_path, keys.audit_key)
+    engine = DuckDBEngine(settings.data_dir, settings.state_dir, catalogue,
+                          memory_limit=settings.memory_limit, threads=settings.threads)
+    verifier = TokenVerifier(keys.token_public_pem, settings.token_issuer,
+                             settings.token_audience, settings.token_leeway_s)
+    pipeline = Pipeline(settings, catalogue, policies, engine, verifier, trail)
+
+    app = FastAPI(
+        title="sde-gateway",
+        version="0.1.0",
+        description="The only door into the secure data environment: aggregate SQL in, "
+        "disclosure-controlled, audited tables out.",
+    )
+    app.state.pipeline = pipeline
+    bearer = HTTPBearer(auto_error=False, description="A signed JWT (RS256).")
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status,
+                            headers={"X-Request-ID": request.state.request_id})
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        reasons = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                   for e in exc.errors()]
+        err = GatewayError("the request body is not valid", reasons=reasons,
+                           hint='send JSON {"sql": ..., "project": ..., "purpose": ...}',
+                           code="invalid_request")
+        err.status = 422
+        try:
+            await run_in_threadpool(_audit_rejection, pipeline, request, err)
+        except GatewayError as audit_err:
+            err = audit_err
+        return JSONResponse(err.body(), status_code=err.status,
+                            headers={"X-Request-ID": request.state.request_id})
+
+    @app.exception_handler(Exception)
+    async def _defect(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled_error", error_type=type(exc).__name__)
+        request_id = getattr(request.state, "request_id", "unknown")
+        err = GatewayError(f"internal error; quote request id {request_id}",
+                           code="internal_error")
+        return JSONResponse(err.body(), status_code=500)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = GatewayError(str(exc.detail), code={404: "not_found", 405: "method_not_allowed"}
+                           .get(exc.status_code, "http_error"))
+        return JSONResponse(err.body(), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.post("/v1/queries", tags=["queries"], responses=ERROR_RESPONSES,
+              dependencies=[Depends(bearer)])
+    def submit_query(body: QueryBody, request: Request) -> dict[str, Any]:
+        """Run one aggregate query under a project and purpose; returns the released table."""
+        return pipeline.run(QueryRequest(
+            request_id=request.state.request_id,
+            authorization=request.headers.get("authorization"),
+            sql=body.sql, project=body.project, purpose=body.purpose,
+        ))
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> JSONResponse:
+        """Liveness, and whether the audit trail can be written (if not, queries get 503)."""
+        writable = os.access(settings.audit_path, os.W_OK)
+        body = {"status": "ok" if writable else "degraded", "engine": engine.name,
+                "audit": "writable" if writable else "not writable"}
+        return JSONResponse(body, status_code=200 if writable else 503)
+
+    # Added last = outermost: the request id exists before the body limit can refuse.
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, pipeline=pipeline)
+    app.add_middleware(RequestContext)
+    return app
+
+
+def _audit_rejection(pipeline: Pipeline, request: Request | None, err: GatewayError,
+                     request_id: str | None = None) -> None:
+    """Audit a request refused before the pipeline could take it. Raises if the trail is down."""
+    pipeline.audit({
+        "event": "request_rejected",
+        "request_id": request_id or request.state.request_id,
+        "path": request.url.path if request else None,
+        "decision": "refused", "error_code": err.code, "error": err.message,
+    })
+
+
+class RequestContext:
+    """Give every request an id, bind it to the logs, and return it in X-Request-ID."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class BodyLimit:
+    """Refuse bodies over the limit (413, audited), declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int, pipeline: Pipeline) -> None:
+        self.app = app
+        self.limit = limit
+        self.pipeline = pipeline
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(scope, send)
+            return
+        # Read the body here (it is small by definition) so that a streamed body with no
+        # declared length is measured before the app sees any of it.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await self._refuse(scope, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        request_id = scope.get("state", {}).get("request_id", uuid.uuid4().hex)
+        err = TooLarge(f"the request body is over {self.limit} bytes")
+        status = err.status
+        try:
+            await run_in_threadpool(_audit_rejection, self.pipeline, None, err, request_id)
+        except GatewayError as audit_err:
+            err, status = audit_err, audit_err.status
+        body = JSONResponse(err.body(), status_code=status)
+        await body(scope, _noop_receive, send)
+
+
+async def _noop_receive() -> Message:
+    return {"type": "http.disconnect"}

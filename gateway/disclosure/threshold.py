@@ -1,0 +1,73 @@
+"""The ``threshold`` regime: small-cell suppression on distinct people, then rounding.
+
+A cell is judged on the number of distinct people behind it, as counted by the engine (the
+hidden measures of the rewrite), never on the number the user's aggregate returns: a count of
+40 admissions can rest on 3 people. Suppression happens before rounding, and only counts are
+rounded, to the nearest multiple of the base (half up), as NHS small-number rules and
+OpenSAFELY do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SuppressedCell:
+    row: int
+    column: str
+    rule: str
+
+
+@dataclass(frozen=True)
+class Controlled:
+    rows: list[list[Any]]
+    suppressed: tuple[SuppressedCell, ...]
+    rounded_columns: tuple[str, ...]
+
+
+def round_to_base(value: int | float, base: int) -> int:
+    """Nearest multiple of ``base``, halves rounded up (Python's round() would go to even)."""
+    return int(base * math.floor(value / base + 0.5))
+
+
+def apply_threshold(
+    rows: list[list[Any]],
+    columns: list[str],
+    kinds: list[str],
+    is_count: list[bool],
+    people: list[list[int | None]],
+    *,
+    min_people: int,
+    rounding_base: int,
+) -> Controlled:
+    """``people[r][c]`` is the number of distinct people behind cell (r, c), None for keys.
+
+    A cell behind which 1 to ``min_people - 1`` people lie is suppressed (None). A cell with
+    nobody behind it is a true zero for a count and is released; for a sum or average it has no
+    value (null) and is released as such.
+    """
+    out: list[list[Any]] = []
+    suppressed: list[SuppressedCell] = []
+    for r, row in enumerate(rows):
+        new = list(row)
+        for c, kind in enumerate(kinds):
+            if kind != "aggregate":
+                continue
+            n = people[r][c]
+            if n is None:
+                continue
+            if 0 < n < min_people:
+                new[c] = None
+                suppressed.append(
+                    SuppressedCell(r, columns[c], f"small_cell: fewer than {min_people} people")
+                )
+            elif is_count[c] and new[c] is not None:
+                new[c] = round_to_base(new[c], rounding_base)
+        out.append(new)
+    rounded = tuple(col for col, k, cnt in zip(columns, kinds, is_count, strict=True)
+                    if k == "aggregate" and cnt)
+    return Controlled(out, tuple(suppressed), rounded)
+

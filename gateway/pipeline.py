@@ -1,0 +1,205 @@
+"""One request, start to finish: authenticate, analyse, decide, rewrite, execute, control, audit.
+
+The stages run in this order and nowhere else; routes only call ``Pipeline.run``. The audit
+write wraps the whole, so refusals, denials and failures are recorded as well as releases, and
+an entry is durable before anything is returned: if it cannot be written, nothing is released.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+import structlog
+
+from audit import AuditTrail, AuditWriteError
+from datasets import Catalogue
+from gateway.auth import TokenVerifier
+from gateway.disclosure.threshold import apply_threshold
+from gateway.engine import DuckDBEngine, RawResult
+from gateway.errors import AuditUnavailable, GatewayError, PolicyDenied, RegimeUnavailable
+from gateway.settings import Settings
+from gateway.sql.analysis import Analysis, analyse
+from gateway.sql.rewrite import Plan, rewrite
+from policies import Caller, Decision, Facts, PolicySet, decide
+
+log = structlog.get_logger("sde_gateway.pipeline")
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    request_id: str
+    authorization: str | None
+    sql: str
+    project: str
+    purpose: str
+
+
+class InternalError(GatewayError):
+    """A defect in the gateway. Audited; the client gets no detail beyond the request id."""
+
+    status, code, decision = 500, "internal_error", "failed"
+
+
+class Pipeline:
+    def __init__(
+        self, settings: Settings, catalogue: Catalogue, policies: PolicySet,
+        engine: DuckDBEngine, verifier: TokenVerifier, trail: AuditTrail,
+    ) -> None:
+        self.settings = settings
+        self.catalogue = catalogue
+        self.policies = policies
+        self.engine = engine
+        self.verifier = verifier
+        self.trail = trail
+        self._analyse = lru_cache(maxsize=1024)(self._analyse_uncached)
+
+    def today(self) -> date:
+        return self.settings.today or date.today()
+
+    # -- stages -------------------------------------------------------------------------
+
+    def _analyse_uncached(self, sql: str) -> Analysis:
+        return analyse(sql, self.catalogue, max_chars=self.settings.max_sql_chars,
+                       max_depth=self.settings.max_sql_depth)
+
+    def _decide(self, caller: Caller, req: QueryRequest, analysis: Analysis) -> Decision:
+        facts = Facts(caller=caller, project=req.project, purpose=req.purpose,
+                      tables=analysis.tables, columns=analysis.columns, today=self.today())
+        return decide(facts, self.policies, self.catalogue)
+
+    def _control(self, plan: Plan, raw: RawResult, decision: Decision) -> dict[str, Any]:
+        output = decision.obligations.output
+        width = len(plan.outputs)
+        rows = [[_json_value(v) for v in row[:width]] for row in raw.rows]
+        names = [o.name for o in plan.outputs]
+        disclosure: dict[str, Any] = {"regime": output.regime, "epsilon_spent": None}
+        if not plan.person_level:
+            disclosure.update(suppressed=[], rounded_columns=[],
+                              note="public reference data only: no people behind the cells")
+            return {"columns": names, "rows": rows, "disclosure": disclosure}
+        people = [[row[i] if i is not None else None for i in plan.people_index]
+                  for row in raw.rows]
+        controlled = apply_threshold(
+            rows, names, [o.kind for o in plan.outputs], [o.is_count for o in plan.outputs],
+            people, min_people=output.min_people, rounding_base=output.rounding_base,
+        )
+        disclosure.update(
+            min_people=output.min_people,
+            rounding_base=output.rounding_base,
+            suppressed=[{"row": s.row, "column": s.column, "rule": s.rule}
+                        for s in controlled.suppressed],
+            rounded_columns=list(controlled.rounded_columns),
+        )
+        return {"columns": names, "rows": controlled.rows, "disclosure": disclosure}
+
+    # -- the whole ----------------------------------------------------------------------
+
+    def run(self, req: QueryRequest) -> dict[str, Any]:
+        started = time.perf_counter()
+        record: dict[str, Any] = {
+            "event": "query", "request_id": req.request_id,
+            "project": req.project, "purpose": req.purpose, "sql": req.sql,
+            "sql_sha256": hashlib.sha256(req.sql.encode("utf-8", "replace")).hexdigest(),
+        }
+        stage = "authenticate"
+        try:
+            caller = self.verifier.verify(req.authorization)
+            record.update(subject=caller.sub, org=caller.org, org_type=caller.org_type,
+                          roles=list(caller.roles))
+            stage = "analyse"
+            analysis = self._analyse(req.sql)
+            record.update(tables=sorted(analysis.tables), columns=_columns(analysis))
+            stage = "decide"
+            decision = self._decide(caller, req, analysis)
+            record.update(policy_id=decision.policy_id, legal_basis=decision.legal_basis,
+                          datasets=list(decision.datasets),
+                          reasons=[r.__dict__ for r in decision.reasons])
+            if not decision.permitted:
+                raise PolicyDenied(
+                    "the policy does not permit this query",
+                    reasons=[{"rule": r.rule, "message": r.message,
+                              "policy": decision.policy_id} for r in decision.reasons],
+                    hint=decision.hint,
+                )
+            output = decision.obligations.output
+            record["regime"] = output.regime
+            if output.regime != "threshold":
+                raise RegimeUnavailable(
+                    f"the {output.regime!r} output regime of policy {decision.policy_id!r} is "
+                    "not available in this build, so nothing can be released under it",
+                    hint="threshold policies (JOINT-PLANNING, OUTBREAK-2026) work today",
+                )
+            stage = "rewrite"
+            plan = rewrite(analysis, decision.obligations, self.catalogue, self.settings.row_cap)
+            record["executed_sql"] = plan.sql
+            stage = "execute"
+            raw = self.engine.execute(plan.sql, timeout_s=self.settings.query_timeout_s,
+                                      row_cap=self.settings.row_cap)
+            stage = "control"
+            body = self._control(plan, raw, decision)
+        except GatewayError as err:
+            self._close(record, started, err.decision, error=err)
+            raise
+        except Exception as exc:  # a defect: audit it, tell the client nothing of it
+            log.exception("pipeline_defect", stage=stage, request_id=req.request_id)
+            err = InternalError(f"internal error in stage {stage}; quote request id "
+                                f"{req.request_id}")
+            record["defect"] = type(exc).__name__
+            self._close(record, started, "failed", error=err)
+            raise err from None
+        record.update(rows_released=len(body["rows"]),
+                      cells_suppressed=[{"row": s["row"], "column": s["column"]}
+                                        for s in body["disclosure"]["suppressed"]],
+                      epsilon_spent=None)
+        entry = self._close(record, started, "released")
+        return {
+            "query_id": req.request_id, "status": "released", **body,
+            "policy": {"id": decision.policy_id, "legal_basis": decision.legal_basis},
+            "audit": {"seq": entry["seq"], "hash": entry["hash"]},
+        }
+
+    def _close(self, record: dict[str, Any], started: float, decision: str,
+               error: GatewayError | None = None) -> dict[str, Any]:
+        record["decision"] = decision
+        if error is not None:
+            record.update(error_code=error.code, error=error.message,
+                          reasons=record.get("reasons") if decision == "denied"
+                          else error.reasons)
+        record["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        return self.audit(record)
+
+    def audit(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Write one entry durably, or raise AuditUnavailable: the caller releases nothing."""
+        try:
+            entry = self.trail.append(record)
+        except AuditWriteError as exc:
+            log.error("audit_write_failed", error=str(exc))
+            raise AuditUnavailable("the audit trail cannot be written; nothing is released",
+                                   hint="operators: check the state directory's disk") from None
+        log.info("audited", seq=entry["seq"], decision=record.get("decision"),
+                 kind=record.get("event"), subject=record.get("subject"))
+        return entry
+
+
+def _columns(analysis: Analysis) -> list[dict[str, Any]]:
+    clauses: dict[tuple[str, str], set[str]] = {}
+    for use in analysis.columns:
+        clauses.setdefault((use.table, use.column), set()).add(use.clause)
+    return [{"table": t, "column": c, "clauses": sorted(cl)}
+            for (t, c), cl in sorted(clauses.items())]
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, float) and value != value:  # NaN
+        return None
+    return value

@@ -1,0 +1,45 @@
+"""Every limit, threshold and path, declared once; the CLI and docs read them from here."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_dir: Path = Field(description="Directory of the catalogue's Parquet files (one per table).")
+    state_dir: Path = Field(
+        description="Keys, the audit trail, the engine's database and the budget ledger."
+    )
+    catalogue_dir: Path | None = Field(None, description="Catalogue files; the shipped ones if unset.")
+    policies_dir: Path | None = Field(None, description="Policy files; the shipped ones if unset.")
+    token_issuer: str = Field("sde-gateway", description="Required `iss` of bearer tokens.")
+    token_audience: str = Field("sde-gateway", description="Required `aud` of bearer tokens.")
+    token_leeway_s: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp/nbf.")
+    max_body_bytes: int = Field(65_536, ge=1024, description="Largest request body accepted (413).")
+    max_sql_chars: int = Field(20_000, ge=100, description="Longest SQL text accepted (400).")
+    max_sql_depth: int = Field(64, ge=8, description="Deepest syntax tree accepted (400).")
+    query_timeout_s: float = Field(30.0, gt=0, description="Time limit per query (504).")
+    row_cap: int = Field(10_000, ge=1, description="Most rows a result may hold (413).")
+    memory_limit: str = Field("4GB", description="DuckDB memory limit.")
+    threads: int = Field(2, ge=1, description="DuckDB worker threads.")
+    today: date | None = Field(
+        None, description="Decide policies as of this date instead of today (tests, replays)."
+    )
+
+    @property
+    def audit_path(self) -> Path:
+        return self.state_dir / "audit" / "trail.jsonl"
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(name, default, description) for every setting, for the CLI and the docs."""
+    rows = []
+    for name, f in Settings.model_fields.items():
+        default = "required" if f.is_required() else repr(f.default)
+        rows.append((name, default, f.description or ""))
+    return rows

@@ -1,0 +1,392 @@
+"""SQL analysis: parse, refuse what could leak, resolve every column to its source.
+
+The boundary is an allow-list over the sqlglot syntax tree (node types, functions, tables), not
+a deny-list and never a regex: a construct the gateway does not know is refused. The engine is
+hardened as well (gateway.engine), so a gap here is not a gap in the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ErrorLevel, OptimizeError, ParseError, SqlglotError, TokenError
+from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.scope import Scope, traverse_scope
+
+from datasets import Catalogue, ColumnClass
+from datasets.catalogue import ENGINE_ONLY
+from gateway.errors import SqlParseError, SqlRejected
+from policies import ColumnUse
+
+DIALECT = "duckdb"
+
+#: Aggregates that summarise without copying an individual value out.
+SAFE_AGGREGATES = (exp.Count, exp.Sum, exp.Avg)
+#: Aggregates allowed only inside a per-person subquery (one that groups by the person key),
+#: where they summarise one person's own records (a first diagnosis date) and never leave it.
+PER_PERSON_AGGREGATES = (exp.Min, exp.Max)
+
+#: Named refusals for the aggregates that copy values out, so the message says why.
+LEAKY = {
+    exp.ArrayAgg: "list/array_agg", exp.GroupConcat: "string_agg", exp.First: "first",
+    exp.Last: "last", exp.AnyValue: "any_value", exp.ArgMax: "arg_max", exp.ArgMin: "arg_min",
+    exp.Quantile: "quantile", exp.Median: "median", exp.Mode: "mode",
+    exp.ApproxQuantile: "approx_quantile", exp.Min: "min", exp.Max: "max",
+}
+
+#: Every node type a query may contain. Anything else is refused.
+ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset({
+    # structure
+    exp.Select, exp.From, exp.Join, exp.Where, exp.Group, exp.Having, exp.Order, exp.Ordered,
+    exp.Limit, exp.With, exp.CTE, exp.Subquery, exp.TableAlias, exp.Alias, exp.Column,
+    exp.Identifier, exp.Table, exp.Star, exp.Distinct, exp.Filter,
+    # values and operators
+    exp.Literal, exp.Boolean, exp.Null, exp.Paren, exp.Tuple, exp.EQ, exp.NEQ, exp.GT, exp.GTE,
+    exp.LT, exp.LTE, exp.And, exp.Or, exp.Not, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.IntDiv,
+    exp.Mod, exp.Neg, exp.Is, exp.In, exp.Between, exp.Like, exp.ILike, exp.Exists, exp.Case,
+    exp.If, exp.Cast, exp.TryCast, exp.DataType, exp.Coalesce, exp.Nullif, exp.Interval, exp.Var,
+    # scalar functions
+    exp.Round, exp.Floor, exp.Ceil, exp.Abs, exp.Least, exp.Greatest, exp.Concat, exp.DPipe,
+    exp.Substring, exp.Lower, exp.Upper, exp.Length, exp.Trim,
+    # dates
+    exp.CurrentDate, exp.Extract, exp.TimestampTrunc, exp.DateTrunc, exp.Year, exp.Month,
+    exp.Quarter, exp.Day, exp.DayOfWeek, exp.DateDiff, exp.DateAdd, exp.DateSub,
+    exp.DateFromParts, exp.TimeToStr,
+    # aggregates (further restricted below)
+    exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max,
+})
+#: Functions sqlglot leaves as Anonymous that are allowed, by lower-case name.
+ALLOWED_ANONYMOUS = frozenset({"date_part", "datepart"})
+
+
+@dataclass(frozen=True)
+class OutputColumn:
+    name: str
+    kind: str  # "group_key" | "aggregate"
+    is_count: bool  # a bare COUNT: the threshold regime rounds it
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What a query touches, clause by clause, and its checked, qualified tree."""
+
+    sql: str
+    tree: exp.Select  # qualified; treat as read-only (the rewrite works on a copy)
+    tables: frozenset[str]
+    columns: tuple[ColumnUse, ...]
+    outputs: tuple[OutputColumn, ...]
+
+
+def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -> Analysis:
+    if len(sql) > max_chars:
+        raise SqlRejected(f"the SQL is {len(sql)} characters; the limit is {max_chars}",
+                          code="sql_too_long")
+    if not sql.strip():
+        raise SqlParseError("the SQL is empty")
+    statements = _parse(sql)
+    if len(statements) != 1:
+        raise SqlRejected(
+            f"found {len(statements)} statements; send exactly one SELECT",
+            hint="remove the semicolon-separated extra statements",
+        )
+    tree = statements[0]
+    if not isinstance(tree, exp.Select):
+        kind = type(tree).__name__.upper()
+        raise SqlRejected(f"only a SELECT is allowed, not {kind}",
+                          hint="the gateway answers read-only aggregate queries")
+    _check_depth(tree, max_depth)
+    _check_nodes(tree)
+    ctes = _check_tables(tree, catalogue)
+    original = tree.copy()
+    try:
+        qualified = qualify(
+            tree, schema=catalogue.sql_schema(), dialect=DIALECT, validate_qualify_columns=True,
+            quote_identifiers=True, expand_stars=False,
+        )
+    except OptimizeError as exc:
+        raise SqlRejected(f"cannot resolve the query: {exc}",
+                          hint="check table and column names against GET /v1/catalogue") from None
+    except SqlglotError as exc:
+        raise SqlRejected(f"cannot analyse the query: {exc}") from None
+    if not isinstance(qualified, exp.Select):
+        raise SqlRejected("only a SELECT is allowed")
+    columns, tables = _resolve(qualified, catalogue, ctes)
+    outputs = _check_outer(qualified, original, catalogue)
+    return Analysis(sql, qualified, frozenset(tables), tuple(columns), outputs)
+
+
+def _parse(sql: str) -> list[exp.Expression]:
+    try:
+        parsed = sqlglot.parse(sql, dialect=DIALECT, error_level=ErrorLevel.RAISE)
+    except ParseError as exc:
+        first = exc.errors[0] if exc.errors else {}
+        line, col = first.get("line"), first.get("col")
+        where = f" at line {line}, column {col}" if line else ""
+        desc = first.get("description") or str(exc)
+        raise SqlParseError(f"the SQL does not parse{where}: {desc}",
+                            reasons=[{k: first.get(k) for k in ("line", "col", "description")}]
+                            if first else []) from None
+    except TokenError as exc:
+        raise SqlParseError(f"the SQL does not tokenise: {exc}") from None
+    except RecursionError:
+        raise SqlRejected("the SQL is nested too deeply", code="sql_too_deep") from None
+    except SqlglotError as exc:
+        raise SqlParseError(f"the SQL does not parse: {exc}") from None
+    return [s for s in parsed if s is not None]
+
+
+def _check_depth(tree: exp.Expression, max_depth: int) -> None:
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise SqlRejected(f"the query is nested more than {max_depth} levels deep",
+                              code="sql_too_deep")
+        stack.extend((child, depth + 1) for child in node.iter_expressions())
+
+
+def _check_nodes(tree: exp.Select) -> None:
+    for node in tree.walk():
+        typ = type(node)
+        if typ in LEAKY and typ not in PER_PERSON_AGGREGATES:
+            raise SqlRejected(
+                f"aggregate {LEAKY[typ]}() is not allowed: it can copy individual values out",
+                hint="use COUNT, COUNT(DISTINCT ...), SUM or AVG",
+            )
+        if typ is exp.Anonymous:
+            name = node.name.lower()
+            if name not in ALLOWED_ANONYMOUS:
+                raise SqlRejected(f"function {name}() is not allowed",
+                                  hint="see docs/security.md for the functions allowed")
+            continue
+        if typ not in ALLOWED_NODES:
+            raise SqlRejected(f"{_construct(node)} is not allowed",
+                              hint="the gateway accepts one aggregate SELECT with joins, CTEs, "
+                              "subqueries, CASE and date functions")
+        if typ is exp.Star and not isinstance(node.parent, exp.Count):
+            raise SqlRejected("SELECT * is not allowed: name the columns you need",
+                              hint="GET /v1/catalogue lists the columns your project may use")
+        if typ is exp.Select and node.args.get("distinct") and node is tree:
+            raise SqlRejected("SELECT DISTINCT on the outer query returns row-level values",
+                              hint="use GROUP BY with COUNT(...)")
+        if typ is exp.Join and (node.args.get("kind") or "").upper() in {"ASOF", "POSITIONAL"}:
+            raise SqlRejected(f"{node.args['kind'].upper()} JOIN is not allowed")
+        if typ is exp.Select and any(node.args.get(k) for k in ("into", "locks", "sample")):
+            raise SqlRejected("SELECT INTO, locking and sampling clauses are not allowed")
+
+
+def _construct(node: exp.Expression) -> str:
+    if isinstance(node, exp.Func):
+        return f"function {node.sql_name().lower()}()"
+    if isinstance(node, exp.Window):
+        return "a window function (OVER ...)"
+    return f"{type(node).__name__} ({node.sql(dialect=DIALECT)[:60]!r})"
+
+
+def _check_tables(tree: exp.Select, catalogue: Catalogue) -> set[str]:
+    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    for name in ctes:
+        if catalogue.table(name) is not None:
+            raise SqlRejected(f"a CTE may not be named after the catalogue table {name!r}")
+    for table in tree.find_all(exp.Table):
+        if not isinstance(table.this, exp.Identifier):
+            raise SqlRejected(
+                f"table function or expression {table.this.sql(dialect=DIALECT)[:60]!r} "
+                "is not allowed in FROM", hint="read catalogue tables by name",
+            )
+        if table.args.get("db") or table.args.get("catalog"):
+            raise SqlRejected(f"qualified table name {table.sql(dialect=DIALECT)!r} is not "
+                              "allowed", hint="name catalogue tables without a schema")
+        name = table.name.lower()
+        if name in ctes:
+            continue
+        known = catalogue.table(name)
+        if known is None:
+            raise SqlRejected(f"unknown table {table.name!r}",
+                              hint="GET /v1/catalogue lists the tables your project may use")
+        if known.kind in ENGINE_ONLY:
+            raise SqlRejected(f"table {name!r} is read by the engine only",
+                              hint="opt-outs and consent are applied for you by the policy")
+    return ctes
+
+
+_CLAUSES = {"expressions": "select", "joins": "join", "where": "where", "group": "group",
+            "having": "having", "order": "order", "from": "from", "limit": "limit"}
+
+
+def _clause(col: exp.Column) -> str:
+    node = col
+    while node.parent is not None and not isinstance(node.parent, exp.Select):
+        node = node.parent
+    return _CLAUSES.get(node.arg_key, node.arg_key)
+
+
+def _resolve(
+    tree: exp.Select, catalogue: Catalogue, ctes: set[str]
+) -> tuple[list[ColumnUse], set[str]]:
+    """Every column to its source table, and the person-key and measure rules."""
+    uses: list[ColumnUse] = []
+    tables: set[str] = set()
+    for scope in traverse_scope(tree):
+        if not isinstance(scope.expression, exp.Select):
+            raise SqlRejected("set operations (UNION, INTERSECT, EXCEPT) are not supported yet")
+        for source in scope.sources.values():
+            if isinstance(source, exp.Table):
+                tables.add(source.name.lower())
+        _check_per_person_aggregates(scope, tree, catalogue)
+        for col in scope.columns:
+            source = scope.sources.get(col.table)
+            if isinstance(source, exp.Table):
+                table = catalogue.table(source.name)
+                meta = table.column(col.name) if table else None
+                if meta is None:
+                    raise SqlRejected(f"unknown column {col.sql()}")
+                uses.append(ColumnUse(table.name, meta.name, _clause(col)))
+                if meta.cls in (ColumnClass.DIRECT_IDENTIFIER, ColumnClass.INTERNAL):
+                    raise SqlRejected(
+                        f"column {table.name}.{meta.name} is a {meta.cls.value.replace('_', ' ')}"
+                        f" and may not appear anywhere in a query (found in {_clause(col)})",
+                        hint="use year_of_birth for age, lsoa_code for area",
+                    )
+                if meta.cls is ColumnClass.MEASURE and scope.expression is tree \
+                        and _clause(col) == "group":
+                    raise SqlRejected(f"measure {table.name}.{meta.name} may not be a group key",
+                                      hint="aggregate measures with SUM or AVG, or band them "
+                                      "inside a per-person subquery")
+            if is_person_key(col, scope, catalogue):
+                _check_person_key_use(col, scope, tree)
+    return uses, tables
+
+
+def is_person_key(col: exp.Column, scope: Scope, catalogue: Catalogue) -> bool:
+    """Whether a column is a person key, directly or as a derived table's copy of one."""
+    source = scope.sources.get(col.table)
+    if isinstance(source, exp.Table):
+        table = catalogue.table(source.name)
+        return bool(table and table.person_key == col.name)
+    if isinstance(source, Scope) and isinstance(source.expression, exp.Select):
+        for proj in source.expression.expressions:
+            if proj.alias_or_name == col.name:
+                inner = proj.unalias()
+                return isinstance(inner, exp.Column) and is_person_key(inner, source, catalogue)
+    return False
+
+
+def _check_person_key_use(col: exp.Column, scope: Scope, root: exp.Select) -> None:
+    """The person key joins and counts; it never leaves, groups, or meets a literal."""
+    parent = col.parent
+    while isinstance(parent, exp.Paren):
+        parent = parent.parent
+    select = scope.expression
+    if isinstance(parent, exp.EQ):
+        other = parent.expression if parent.this is col else parent.this
+        if isinstance(other, exp.Column):
+            return  # a join or correlation on people (both sides are checked in their scopes)
+    if isinstance(parent, exp.Count):
+        return
+    if isinstance(parent, exp.Distinct) and isinstance(parent.parent, exp.Count):
+        return
+    if (isinstance(parent, exp.If) and parent.args.get("true") is col
+            and isinstance(parent.parent, exp.Case)
+            and isinstance(parent.parent.parent, exp.Distinct)
+            and isinstance(parent.parent.parent.parent, exp.Count)):
+        return  # COUNT(DISTINCT CASE WHEN ... THEN person_id END)
+    if isinstance(parent, exp.In) and parent.this is col and parent.args.get("query"):
+        return
+    if select is not root and _is_source_select(select):
+        if parent is select or (isinstance(parent, exp.Alias) and parent.parent is select):
+            return  # a per-person or joinable derived table exposes the key for joining
+        if isinstance(parent, exp.Group):
+            return
+    raise SqlRejected(
+        f"the person key {col.sql(dialect=DIALECT)} may only join tables or be counted "
+        f"(found in {_clause(col)})",
+        hint="use it in JOIN ... ON, COUNT(DISTINCT person_id), or a per-person subquery",
+    )
+
+
+def _is_source_select(select: exp.Select) -> bool:
+    """A select whose rows feed another query, rather than a scalar value in an expression."""
+    parent = select.parent
+    if isinstance(parent, exp.CTE):
+        return True
+    if isinstance(parent, exp.Subquery):
+        return isinstance(parent.parent, exp.From | exp.Join | exp.In)
+    return isinstance(parent, exp.In | exp.Exists)
+
+
+def _groups_by_person(select: exp.Select, scope: Scope, catalogue: Catalogue) -> bool:
+    group = select.args.get("group")
+    if not group:
+        return False
+    return any(isinstance(g, exp.Column) and is_person_key(g, scope, catalogue)
+               for g in group.expressions)
+
+
+def _check_per_person_aggregates(scope: Scope, root: exp.Select, catalogue: Catalogue) -> None:
+    select = scope.expression
+    for agg in select.find_all(*PER_PERSON_AGGREGATES):
+        if agg.find_ancestor(exp.Select) is not select:
+            continue
+        if select is root or not _groups_by_person(select, scope, catalogue):
+            raise SqlRejected(
+                f"{agg.sql_name().lower()}() is allowed only inside a per-person subquery "
+                "(one that groups by person_id): elsewhere it can copy one person's value out",
+                hint="compute it per person in a CTE, then count or average in the outer query",
+            )
+
+
+def _inside_any(node: exp.Expression, ancestors: list[exp.Expression]) -> bool:
+    targets = {id(a) for a in ancestors}
+    parent = node.parent
+    while parent is not None:
+        if id(parent) in targets:
+            return True
+        parent = parent.parent
+    return False
+
+
+def _aggregates_of(node: exp.Expression, select: exp.Select) -> list[exp.AggFunc]:
+    return [a for a in node.find_all(exp.AggFunc) if a.find_ancestor(exp.Select) is select]
+
+
+def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
+                 ) -> tuple[OutputColumn, ...]:
+    """The released table must be aggregate: each column an aggregate or a group key."""
+    group = tree.args.get("group")
+    group_all = bool(group and group.args.get("all"))
+    keys = {g.sql() for g in group.expressions} if group else set()
+    outputs = []
+    originals = original.expressions
+    any_agg = False
+    for i, proj in enumerate(tree.expressions):
+        inner = proj.unalias()
+        if inner.find(exp.Select):
+            raise SqlRejected(
+                "a subquery inside an output column is not allowed: its people would not be "
+                "counted behind the cell", hint="join the subquery in FROM instead")
+        aggs = _aggregates_of(inner, tree)
+        name = originals[i].alias_or_name if i < len(originals) else proj.alias_or_name
+        if not name or name.startswith("_col_"):
+            name = originals[i].sql(dialect=DIALECT) if i < len(originals) else f"col_{i}"
+        if inner.sql() in keys or (group_all and not aggs):
+            outputs.append(OutputColumn(name, "group_key", False))
+            continue
+        bare = [c for c in inner.find_all(exp.Column)
+                if not _inside_any(c, aggs) and c.find_ancestor(exp.Select) is tree]
+        if not aggs or bare:
+            raise SqlRejected(
+                f"output column {name!r} is neither an aggregate nor a group key",
+                hint="every output column must be COUNT/SUM/AVG(...) or appear in GROUP BY",
+            )
+        any_agg = True
+        outputs.append(OutputColumn(name, "aggregate", isinstance(inner, exp.Count)))
+    if not any_agg:
+        raise SqlRejected("the query has no aggregate: the gateway releases aggregate tables only",
+                          hint="add COUNT(DISTINCT person_id) or another aggregate")
+    for key in (group.expressions if group else []):
+        if _aggregates_of(key, tree):
+            raise SqlRejected("an aggregate may not be a group key")
+    return tuple(outputs)

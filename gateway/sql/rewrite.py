@@ -1,0 +1,215 @@
+"""The rewrite: make the checked query see only what the decision allows, and say who is behind
+each cell. Everything is done on the syntax tree; the SQL executed is regenerated from it.
+
+1. Every scan of a person-level table, in every CTE and subquery, becomes a filtered derived
+   table (residence, consent cohort, national data opt-out), so that no join, subquery or CTE
+   can reach a row outside the filters.
+2. Each aggregate output column gets a hidden companion: the number of distinct people behind
+   the cell, computed by the engine whatever the user's aggregate counts (events, spells, sums).
+3. The row cap becomes a LIMIT (one over the cap, so that exceeding it can be told).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from sqlglot import exp
+from sqlglot.optimizer.scope import Scope, traverse_scope
+
+from datasets import Catalogue, TableKind
+from datasets.catalogue import NEVER_QUERYABLE
+from gateway.errors import SqlRejected
+from gateway.sql.analysis import DIALECT, Analysis, OutputColumn, is_person_key
+from policies import ConsentCohort, Obligations, ResidenceFilter
+
+HIDDEN_PREFIX = "__sdc_people_"
+
+
+@dataclass(frozen=True)
+class Plan:
+    sql: str
+    outputs: tuple[OutputColumn, ...]
+    #: per output column, whether a hidden people count follows the visible columns
+    people_index: tuple[int | None, ...]
+    person_level: bool
+    row_cap: int
+
+
+def rewrite(
+    analysis: Analysis, obligations: Obligations, catalogue: Catalogue, row_cap: int
+) -> Plan:
+    tree = analysis.tree.copy()
+    person_level = any(
+        (t := catalogue.table(name)) is not None and t.kind is TableKind.PERSON_LEVEL
+        for name in analysis.tables
+    )
+    people_index: list[int | None] = [None] * len(analysis.outputs)
+    if person_level:
+        root = _root_scope(tree)
+        rowpid = _row_person(root, catalogue)
+        hidden = []
+        for i, (proj, out) in enumerate(zip(tree.expressions, analysis.outputs, strict=True)):
+            if out.kind != "aggregate":
+                continue
+            people_index[i] = len(analysis.outputs) + len(hidden)
+            hidden.append(exp.alias_(_people_behind(proj.unalias(), tree, rowpid, root,
+                                                    catalogue), f"{HIDDEN_PREFIX}{i}"))
+        for h in hidden:
+            tree.append("expressions", h)
+    _filter_scans(tree, obligations, catalogue)
+    limit = tree.args.get("limit")
+    current = limit.expression if limit else None
+    if not (isinstance(current, exp.Literal) and current.is_int and int(current.this) <= row_cap):
+        tree.set("limit", exp.Limit(expression=exp.Literal.number(row_cap + 1)))
+    return Plan(tree.sql(dialect=DIALECT), analysis.outputs, tuple(people_index), person_level,
+                row_cap)
+
+
+def _root_scope(tree: exp.Select) -> Scope:
+    return next(s for s in traverse_scope(tree) if s.expression is tree)
+
+
+def _row_person(scope: Scope, catalogue: Catalogue) -> exp.Expression:
+    """An expression naming the person each row of the outer query belongs to."""
+    candidates: list[exp.Column] = []
+    for alias, source in scope.sources.items():
+        if isinstance(source, exp.Table):
+            table = catalogue.table(source.name)
+            if table is not None and table.kind is TableKind.PERSON_LEVEL:
+                candidates.append(exp.column(table.person_key, table=alias, quoted=True))
+        elif isinstance(source, Scope) and isinstance(source.expression, exp.Select):
+            for proj in source.expression.expressions:
+                col = exp.column(proj.alias_or_name, table=alias, quoted=True)
+                inner = proj.unalias()
+                if isinstance(inner, exp.Column) and is_person_key(inner, source, catalogue):
+                    candidates.append(col)
+                    break
+    if not candidates:
+        raise SqlRejected(
+            "the gateway cannot tell whose records lie behind the outer query",
+            hint="when the outer query reads a subquery or CTE, include person_id in its output "
+            "so that the people behind each cell can be counted",
+        )
+    return candidates[0] if len(candidates) == 1 else exp.Coalesce(
+        this=candidates[0], expressions=candidates[1:]
+    )
+
+
+def _people_behind(
+    node: exp.Expression, root: exp.Select, rowpid: exp.Expression, scope: Scope,
+    catalogue: Catalogue,
+) -> exp.Expression:
+    """COUNT(DISTINCT person) over the rows that feed the aggregates of one output column."""
+    parts = []
+    for agg in node.find_all(exp.AggFunc):
+        if agg.find_ancestor(exp.Select) is not root:
+            continue
+        parts.append(_people_for(agg, rowpid, scope, catalogue))
+    if len(parts) == 1:
+        return parts[0]
+    return exp.Least(this=parts[0], expressions=parts[1:])
+
+
+def _people_for(
+    agg: exp.AggFunc, rowpid: exp.Expression, scope: Scope, catalogue: Catalogue
+) -> exp.Expression:
+    arg = agg.this
+    if isinstance(arg, exp.Distinct):
+        args = arg.expressions
+    elif arg is None or isinstance(arg, exp.Star):
+        args = []
+    else:
+        args = [arg]
+    if (isinstance(agg, exp.Count) and len(args) == 1 and isinstance(args[0], exp.Column)
+            and is_person_key(args[0], scope, catalogue)):
+        counted: exp.Expression = exp.Count(this=exp.Distinct(expressions=[args[0].copy()]))
+    else:
+        conds = [exp.Not(this=exp.Is(this=a.copy(), expression=exp.Null())) for a in args]
+        if isinstance(agg, exp.Sum) and args:
+            conds.append(exp.NEQ(this=args[0].copy(), expression=exp.Literal.number(0)))
+        person = rowpid.copy()
+        if conds:
+            person = exp.Case(ifs=[exp.If(this=exp.and_(*conds), true=person)])
+        counted = exp.Count(this=exp.Distinct(expressions=[person]))
+    if isinstance(agg.parent, exp.Filter):
+        return exp.Filter(this=counted, expression=agg.parent.expression.copy())
+    return counted
+
+
+def _filter_scans(tree: exp.Select, obligations: Obligations, catalogue: Catalogue) -> None:
+    """Replace every person-level table scan by the same table seen through the filters."""
+    for table in list(tree.find_all(exp.Table)):
+        meta = catalogue.table(table.name)
+        if meta is None or meta.kind is not TableKind.PERSON_LEVEL:
+            continue
+        key = meta.person_key
+        conditions: list[exp.Expression] = []
+        if obligations.residence is not None:
+            conditions.append(_residence(key, obligations.residence, catalogue))
+        if obligations.consent is not None:
+            conditions.append(_consent(key, obligations.consent, catalogue))
+        if obligations.remove_opted_out:
+            conditions.append(_not_opted_out(key, catalogue))
+        if not conditions:
+            continue
+        columns = [exp.column(c.name, quoted=True) for c in meta.columns
+                   if c.cls not in NEVER_QUERYABLE]
+        inner = (exp.select(*columns)
+                 .from_(exp.Table(this=exp.to_identifier(meta.name, quoted=True)))
+                 .where(exp.and_(*conditions)))
+        alias = table.alias_or_name
+        table.replace(exp.Subquery(this=inner, alias=exp.TableAlias(
+            this=exp.to_identifier(alias, quoted=True))))
+
+
+def _residence(key: str, rule: ResidenceFilter, catalogue: Catalogue) -> exp.Expression:
+    values = [exp.Literal.string(v) for v in rule.values]
+    person_key = catalogue.table(rule.person_table).person_key
+    if rule.lookup_table is None:
+        people = (exp.select(exp.column(person_key, quoted=True))
+                  .from_(exp.to_table(rule.person_table))
+                  .where(exp.column(rule.column, quoted=True).isin(*values)))
+    else:
+        people = (exp.select(exp.column(person_key, table="__p", quoted=True))
+                  .from_(exp.alias_(exp.to_table(rule.person_table), "__p", table=True))
+                  .join(exp.alias_(exp.to_table(rule.lookup_table), "__l", table=True),
+                        on=exp.EQ(this=exp.column(rule.via, table="__p", quoted=True),
+                                  expression=exp.column(rule.via, table="__l", quoted=True)))
+                  .where(exp.column(rule.column, table="__l", quoted=True).isin(*values)))
+    return exp.column(key, quoted=True).isin(query=people)
+
+
+def _register(catalogue: Catalogue, kind: TableKind):
+    table = catalogue.register(kind)
+    if table is None:
+        raise SqlRejected(f"the catalogue has no {kind.value}; the policy cannot be enforced")
+    return table
+
+
+def _consent(key: str, cohort: ConsentCohort, catalogue: Catalogue) -> exp.Expression:
+    reg = _register(catalogue, TableKind.CONSENT_REGISTER)
+    as_of = _date(cohort.as_of)
+    cond = exp.and_(
+        exp.column("study_id", quoted=True).eq(exp.Literal.string(cohort.study_id)),
+        exp.LTE(this=exp.column("consented_on", quoted=True), expression=as_of.copy()),
+        exp.paren(exp.or_(
+            exp.Is(this=exp.column("withdrawn_on", quoted=True), expression=exp.Null()),
+            exp.GT(this=exp.column("withdrawn_on", quoted=True), expression=as_of.copy()),
+        )),
+    )
+    people = exp.select(exp.column("person_id", quoted=True)).from_(
+        exp.to_table(reg.name)).where(cond)
+    return exp.column(key, quoted=True).isin(query=people)
+
+
+def _not_opted_out(key: str, catalogue: Catalogue) -> exp.Expression:
+    reg = _register(catalogue, TableKind.OPT_OUT_REGISTER)
+    people = (exp.select(exp.column("person_id", quoted=True)).from_(exp.to_table(reg.name))
+              .where(exp.Not(this=exp.Is(this=exp.column("person_id", quoted=True),
+                                         expression=exp.Null()))))
+    return exp.Not(this=exp.column(key, quoted=True).isin(query=people))
+
+
+def _date(d: date) -> exp.Expression:
+    return exp.Cast(this=exp.Literal.string(d.isoformat()), to=exp.DataType.build("DATE"))
