@@ -171,10 +171,24 @@ def _check_nodes(tree: exp.Select) -> None:
         if typ is exp.Select and node.args.get("distinct") and node is tree:
             raise SqlRejected("SELECT DISTINCT on the outer query returns row-level values",
                               hint="use GROUP BY with COUNT(...)")
-        if typ is exp.Join and (node.args.get("kind") or "").upper() in {"ASOF", "POSITIONAL"}:
-            raise SqlRejected(f"{node.args['kind'].upper()} JOIN is not allowed")
+        if typ is exp.Join:
+            _check_join(node)
         if typ is exp.Select and any(node.args.get(k) for k in ("into", "locks", "sample")):
             raise SqlRejected("SELECT INTO, locking and sampling clauses are not allowed")
+
+
+_JOIN_KINDS = {"", "INNER", "OUTER", "CROSS", "SEMI", "ANTI"}
+_JOIN_SIDES = {"", "LEFT", "RIGHT", "FULL"}
+
+
+def _check_join(join: exp.Join) -> None:
+    method = (join.args.get("method") or "").upper()
+    kind = (join.args.get("kind") or "").upper()
+    side = (join.args.get("side") or "").upper()
+    if method or kind not in _JOIN_KINDS or side not in _JOIN_SIDES:
+        shown = " ".join(x for x in (method, side, kind) if x)
+        raise SqlRejected(f"{shown} JOIN is not allowed",
+                          hint="use [LEFT|RIGHT|FULL] [INNER|OUTER] JOIN ... ON, or CROSS JOIN")
 
 
 def _construct(node: exp.Expression) -> str:
@@ -250,28 +264,54 @@ def _resolve(
                         f" and may not appear anywhere in a query (found in {_clause(col)})",
                         hint="use year_of_birth for age, lsoa_code for area",
                     )
-                if meta.cls is ColumnClass.MEASURE and scope.expression is tree \
-                        and _clause(col) == "group":
-                    raise SqlRejected(f"measure {table.name}.{meta.name} may not be a group key",
-                                      hint="aggregate measures with SUM or AVG, or band them "
-                                      "inside a per-person subquery")
             if is_person_key(col, scope, catalogue):
                 _check_person_key_use(col, scope, tree)
+        if scope.expression is tree:
+            _check_group_keys(tree, scope, catalogue)
     return uses, tables
 
 
-def is_person_key(col: exp.Column, scope: Scope, catalogue: Catalogue) -> bool:
-    """Whether a column is a person key, directly or as a derived table's copy of one."""
+def _check_group_keys(tree: exp.Select, scope: Scope, catalogue: Catalogue) -> None:
+    """A bare measure as an outer group key would release each exact value (micro-data)."""
+    group = tree.args.get("group")
+    for key in group.expressions if group else []:
+        while isinstance(key, exp.Paren):
+            key = key.this
+        if not isinstance(key, exp.Column):
+            continue
+        origin = bare_origin(key, scope, catalogue)
+        if origin and origin[1].cls is ColumnClass.MEASURE:
+            raise SqlRejected(
+                f"measure {origin[0].name}.{origin[1].name} may not be a group key: each exact "
+                "value would be released", hint="aggregate it with SUM or AVG, or band it with "
+                "CASE WHEN ... THEN '0-7 days' ...")
+
+
+def bare_origin(col: exp.Column, scope: Scope, catalogue: Catalogue):
+    """The catalogue column that ``col`` is an unchanged copy of, through derived tables.
+
+    Returns (table, column) metadata, or None when the column is computed (an expression, an
+    aggregate) somewhere along the way.
+    """
     source = scope.sources.get(col.table)
     if isinstance(source, exp.Table):
         table = catalogue.table(source.name)
-        return bool(table and table.person_key == col.name)
+        meta = table.column(col.name) if table else None
+        return (table, meta) if meta else None
     if isinstance(source, Scope) and isinstance(source.expression, exp.Select):
         for proj in source.expression.expressions:
             if proj.alias_or_name == col.name:
                 inner = proj.unalias()
-                return isinstance(inner, exp.Column) and is_person_key(inner, source, catalogue)
-    return False
+                if isinstance(inner, exp.Column):
+                    return bare_origin(inner, source, catalogue)
+                return None
+    return None
+
+
+def is_person_key(col: exp.Column, scope: Scope, catalogue: Catalogue) -> bool:
+    """Whether a column is a person key, directly or as a derived table's copy of one."""
+    origin = bare_origin(col, scope, catalogue)
+    return bool(origin and origin[1].cls is ColumnClass.PERSON_KEY)
 
 
 def _check_person_key_use(col: exp.Column, scope: Scope, root: exp.Select) -> None:
@@ -338,6 +378,15 @@ def _check_per_person_aggregates(scope: Scope, root: exp.Select, catalogue: Cata
             )
 
 
+def _output_name(proj: exp.Expression, i: int) -> str:
+    """The name a person sees: the alias, else the column name, else the expression's text."""
+    if isinstance(proj, exp.Alias) and proj.alias:
+        return proj.alias
+    if isinstance(proj, exp.Column) and proj.name:
+        return proj.name
+    return proj.sql(dialect=DIALECT).lower() if len(proj.sql()) <= 60 else f"col_{i}"
+
+
 def _inside_any(node: exp.Expression, ancestors: list[exp.Expression]) -> bool:
     targets = {id(a) for a in ancestors}
     parent = node.parent
@@ -368,9 +417,7 @@ def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
                 "a subquery inside an output column is not allowed: its people would not be "
                 "counted behind the cell", hint="join the subquery in FROM instead")
         aggs = _aggregates_of(inner, tree)
-        name = originals[i].alias_or_name if i < len(originals) else proj.alias_or_name
-        if not name or name.startswith("_col_"):
-            name = originals[i].sql(dialect=DIALECT) if i < len(originals) else f"col_{i}"
+        name = _output_name(originals[i] if i < len(originals) else proj, i)
         if inner.sql() in keys or (group_all and not aggs):
             outputs.append(OutputColumn(name, "group_key", False))
             continue

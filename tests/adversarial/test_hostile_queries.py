@@ -1,0 +1,194 @@
+"""Hostile queries, by family: each refused over HTTP with a 4xx, audited, and the server healthy.
+
+Run as the Norfolk planner under JOINT-PLANNING (a caller who may query), so that each refusal
+comes from the SQL layer, the policy or the engine, not from a missing permission.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+HOSTILE: dict[str, list[str]] = {
+    "statements": [
+        "SELECT 1; SELECT 2",
+        "SELECT count(*) FROM patients; DROP TABLE patients",
+        "DROP TABLE patients",
+        "DELETE FROM opt_outs",
+        "INSERT INTO patients (person_id) VALUES (1)",
+        "UPDATE patients SET sex = 'M'",
+        "CREATE TABLE x AS SELECT 1",
+        "CREATE TEMP TABLE x AS SELECT count(*) FROM patients",
+        "CREATE MACRO m(a) AS a",
+        "ATTACH '/tmp/x.duckdb' AS x",
+        "COPY patients TO '/tmp/out.csv'",
+        "EXPORT DATABASE '/tmp/export'",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "SET threads = 1",
+        "SET search_path = 'main'",
+        "SET VARIABLE x = 1",
+        "PRAGMA database_list",
+        "PRAGMA table_info('patients')",
+        "CALL pragma_version()",
+        "DESCRIBE patients",
+        "SHOW TABLES",
+        "EXPLAIN SELECT count(*) FROM patients",
+        "BEGIN TRANSACTION",
+        "CHECKPOINT",
+        "VACUUM",
+    ],
+    "file and system access": [
+        "SELECT count(*) FROM read_csv('/etc/passwd')",
+        "SELECT count(*) FROM read_csv_auto('/etc/passwd')",
+        "SELECT count(*) FROM read_parquet('/tmp/x.parquet')",
+        "SELECT count(*) FROM read_json('/etc/hosts')",
+        "SELECT count(*) FROM read_text('/etc/hostname')",
+        "SELECT count(*) FROM '/etc/passwd'",
+        "SELECT count(*) FROM 'patients.parquet'",
+        "SELECT count(*) FROM glob('/*')",
+        "SELECT count(*) FROM duckdb_settings()",
+        "SELECT count(*) FROM duckdb_tables()",
+        "SELECT count(*) FROM information_schema.tables",
+        "SELECT count(*) FROM main.patients",
+        "SELECT count(*) FROM memory.main.patients",
+        "SELECT count(*) FROM pg_catalog.pg_class",
+        "SELECT current_setting('memory_limit'), count(*) FROM patients",
+        "SELECT count(*) FROM query('SELECT * FROM patients')",
+        "SELECT count(*) FROM query_table('patients')",
+        "SELECT getenv('HOME'), count(*) FROM patients",
+        "SELECT version(), count(*) FROM patients",
+        "SELECT count(*) FROM patients p WHERE p.sex = getvariable('x')",
+    ],
+    "row-level output": [
+        "SELECT year_of_birth FROM patients",
+        "SELECT p.sex, p.year_of_birth FROM patients p",
+        "SELECT DISTINCT lsoa_code FROM patients",
+        "SELECT sex FROM patients GROUP BY sex",
+        "SELECT year_of_birth, count(*) OVER () FROM patients",
+        "SELECT sex, row_number() OVER (ORDER BY year_of_birth) FROM patients",
+        "SELECT sex, count(*), year_of_birth FROM patients GROUP BY sex",
+        "SELECT sex, sum(count(*)) OVER () FROM patients GROUP BY sex",
+        "SELECT * FROM patients",
+        "SELECT p.* FROM patients p",
+        "SELECT count(*), * FROM patients",
+        "SELECT * EXCLUDE (nhs_number) FROM patients",
+        "SELECT COLUMNS('.*') FROM patients",
+        "SELECT count(*) FROM patients UNION ALL SELECT year_of_birth FROM patients",
+        "SELECT (SELECT year_of_birth FROM patients LIMIT 1) AS y, count(*) FROM patients",
+    ],
+    "leaky aggregates": [
+        "SELECT list(person_id) FROM patients",
+        "SELECT sex, list(year_of_birth) FROM patients GROUP BY sex",
+        "SELECT array_agg(lsoa_code) FROM patients",
+        "SELECT string_agg(lsoa_code, ',') FROM patients",
+        "SELECT group_concat(lsoa_code) FROM patients",
+        "SELECT first(year_of_birth) FROM patients",
+        "SELECT last(year_of_birth) FROM patients",
+        "SELECT any_value(lsoa_code) FROM patients",
+        "SELECT arg_min(lsoa_code, year_of_birth) FROM patients",
+        "SELECT arg_max(lsoa_code, year_of_birth) FROM patients",
+        "SELECT histogram(year_of_birth) FROM patients",
+        "SELECT mode(lsoa_code) FROM patients",
+        "SELECT min(year_of_birth) FROM patients",
+        "SELECT max(h.length_of_stay) FROM hospital_admissions h",
+        "SELECT quantile_cont(year_of_birth, 0.5) FROM patients",
+        "SELECT median(year_of_birth) FROM patients",
+        "SELECT approx_quantile(year_of_birth, 0.5) FROM patients",
+        "SELECT sex, max(year_of_birth) FROM patients GROUP BY sex",
+        "SELECT bit_or(person_id) FROM patients",
+        "SELECT sum(person_id) FROM patients",
+    ],
+    "identifiers and the person key": [
+        "SELECT nhs_number, count(*) FROM patients GROUP BY nhs_number",
+        "SELECT count(*) FROM patients WHERE nhs_number = '4000000018'",
+        "SELECT count(*) FROM patients WHERE postcode LIKE 'NR1%'",
+        "SELECT count(*) FROM patients ORDER BY date_of_birth",
+        "SELECT year(date_of_birth), count(*) FROM patients GROUP BY 1",
+        "SELECT count(*) FROM hospital_admissions WHERE spell_id = 1",
+        "WITH x AS (SELECT nhs_number FROM patients) SELECT count(*) FROM x",
+        "SELECT count(*) FROM patients p JOIN patients q ON p.nhs_number = q.nhs_number",
+        "SELECT person_id, count(*) FROM gp_events GROUP BY person_id",
+        "SELECT count(*) FROM patients WHERE person_id = 42",
+        "SELECT count(*) FROM patients WHERE person_id IN (1, 2, 3)",
+        "SELECT count(*) FROM patients WHERE person_id < 100",
+        "SELECT person_id % 10, count(*) FROM patients GROUP BY 1",
+        "SELECT count(DISTINCT person_id % 2) FROM patients",
+        "WITH t AS (SELECT person_id FROM patients) SELECT t.person_id, count(*) FROM t "
+        "GROUP BY t.person_id",
+        "SELECT count(*) FROM opt_outs",
+        "SELECT count(*) FROM patients WHERE person_id IN (SELECT person_id FROM opt_outs)",
+        "SELECT count(*) FROM study_consents",
+        "SELECT h.measure, count(*) FROM (SELECT length_of_stay AS measure, person_id "
+        "FROM hospital_admissions) h GROUP BY h.measure HAVING count(*) < 0",
+        "SELECT length_of_stay, count(*) FROM hospital_admissions GROUP BY length_of_stay",
+        "WITH c AS (SELECT person_id, weekly_cost FROM social_care) SELECT c.weekly_cost, "
+        "count(*) FROM c GROUP BY c.weekly_cost",
+        "SELECT count(*) FROM patients p JOIN gp_events e ON p.person_id = e.person_id + 1",
+        "SELECT count(*) FROM patients p WHERE EXISTS (SELECT 1 FROM gp_events e "
+        "WHERE e.person_id = p.person_id AND e.person_id > 5)",
+    ],
+    "row-filter bypass": [
+        "SELECT count(*) FROM patients p WHERE p.local_authority_code = 'E10000029' "
+        "UNION ALL SELECT count(*) FROM patients",
+        "WITH patients AS (SELECT 1 AS person_id) SELECT count(*) FROM patients",
+        "SELECT count(*) FROM (SELECT count(*) AS n FROM patients GROUP BY sex) t",
+        "SELECT count(*) FROM lateral (SELECT 1) t",
+        "SELECT count(*) FROM patients p, unnest([1,2,3]) u",
+        "SELECT count(*) FROM patients p ASOF JOIN gp_events e ON p.person_id = e.person_id "
+        "AND p.registration_date >= e.event_date",
+        "SELECT count(*) FROM patients p POSITIONAL JOIN gp_events e",
+        "SELECT count(*) FROM patients TABLESAMPLE 10%",
+        "SELECT count(*) FROM patients USING SAMPLE 10",
+        "SELECT count(*) FROM patients p NATURAL JOIN gp_events e",
+        "SELECT count(*) FROM patients p LEFT ASOF JOIN gp_events e "
+        "ON p.person_id = e.person_id AND p.registration_date >= e.event_date",
+    ],
+    "resource exhaustion": [
+        "SELECT count(*) FROM patients WHERE " + " AND ".join(["(1 = 1"] * 80) + ")" * 80,
+        "SELECT count(*) FROM range(1000000000000)",
+        "SELECT count(*) FROM generate_series(1, 1000000000000)",
+        "SELECT count(*) FROM patients WHERE sex = '" + "x" * 30_000 + "'",
+    ],
+    "malformed input": [
+        "",
+        "   ",
+        "SELEC count(*) FROM patients",
+        "SELECT count(* FROM patients",
+        "SELECT 'unterminated FROM patients",
+        "SELECT count(*) FROM",
+        "SELECT count(*) FROM patients WHERE",
+        "\x00\x01\x02",
+        "SELECT count(*) FROM patients /*",
+        "SELECT count(*) FROM nowhere",
+        "SELECT count(nothing) FROM patients",
+        "SELECT count(*) FROM patients p JOIN gp_events p ON 1 = 1",
+        "SELECT count(*) FROM patients WHERE sex = 1 +",
+        "{\"sql\": 1}",
+    ],
+}
+
+CASES = [(family, sql) for family, items in HOSTILE.items() for sql in items]
+
+
+def test_there_are_enough_hostile_queries():
+    assert len(CASES) >= 130
+
+
+@pytest.mark.parametrize(("family", "sql"), CASES,
+                         ids=[f"{f}:{i}" for i, (f, _) in enumerate(CASES)])
+def test_hostile_query_is_refused_and_audited(server, family, sql):
+    resp = server.query("p.jones", sql, "JOINT-PLANNING", "planning")
+    assert 400 <= resp.status_code < 500, f"{family}: {sql[:80]!r} -> {resp.status_code} {resp.text[:300]}"
+    body = resp.json()
+    assert set(body) == {"error"}, "a refusal carries no data"
+    assert body["error"]["message"]
+    entry = server.entry_for(resp)
+    assert entry["decision"] in {"refused", "denied", "failed"}
+    assert "rows_released" not in entry
+
+
+def test_server_is_healthy_after_the_attacks(server):
+    assert server.client.get("/healthz").status_code == 200
+    resp = server.query("p.jones", "SELECT sex, COUNT(DISTINCT person_id) FROM patients GROUP BY sex",
+                        "JOINT-PLANNING", "planning")
+    assert resp.status_code == 200

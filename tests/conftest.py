@@ -1,0 +1,127 @@
+"""Shared fixtures: real generated data, a real server over HTTP, real signed tokens."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+import uvicorn
+
+from datasets import load_catalogue
+from datasets.generator import generate
+from gateway.app import create_app
+from gateway.auth import issue_token
+from gateway.settings import Settings
+from gateway.state import ensure_state
+from policies.loader import load_demo_users
+
+PERSONS = 20_000
+SEED = 7
+#: Tests decide policies as of this date, whatever the machine's clock says.
+TODAY = date(2026, 11, 23)
+
+
+@pytest.fixture(scope="session")
+def catalogue():
+    return load_catalogue()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    generate(out, PERSONS, seed=SEED)
+    return out
+
+
+@pytest.fixture(scope="session")
+def raw(data_dir) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Plain DuckDB over the same Parquet files: the oracle the gateway is checked against."""
+    con = duckdb.connect()
+    for f in data_dir.glob("*.parquet"):
+        con.execute(f"CREATE VIEW {f.stem} AS SELECT * FROM read_parquet('{f}')")
+    yield con
+    con.close()
+
+
+class LiveServer:
+    """The real app on a real port, served by uvicorn in a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error",
+                                access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+        self.keys = ensure_state(settings.state_dir)
+
+    def token(self, sub: str, **overrides) -> str:
+        users = {u.sub: u for u in load_demo_users()}
+        u = users[sub]
+        claims = dict(sub=u.sub, org=u.org, org_type=u.org_type, roles=list(u.roles),
+                      projects=list(u.projects))
+        claims.update(overrides)
+        return issue_token(self.keys.token_private_pem, issuer=self.settings.token_issuer,
+                           audience=self.settings.token_audience, **claims)
+
+    def query(self, sub: str | None, sql: str, project: str, purpose: str,
+              token: str | None = None) -> httpx.Response:
+        headers = {}
+        tok = token if token is not None else (self.token(sub) if sub else None)
+        if tok is not None:
+            headers["Authorization"] = f"Bearer {tok}"
+        return self.client.post("/v1/queries", headers=headers,
+                                json={"sql": sql, "project": project, "purpose": purpose})
+
+    def audit_entries(self) -> list[dict]:
+        lines = self.settings.audit_path.read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    def entry_for(self, response: httpx.Response) -> dict:
+        rid = response.headers["x-request-id"]
+        matches = [e for e in self.audit_entries() if e.get("request_id") == rid]
+        assert len(matches) == 1, f"expected one audit entry for {rid}, found {len(matches)}"
+        return matches[0]
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.client.close()
+
+
+def make_settings(data_dir: Path, state_dir: Path, **kw) -> Settings:
+    return Settings(data_dir=data_dir, state_dir=state_dir, today=TODAY, **kw)
+
+
+@pytest.fixture(scope="session")
+def server(data_dir, tmp_path_factory) -> Iterator[LiveServer]:
+    live = LiveServer(make_settings(data_dir, tmp_path_factory.mktemp("state")))
+    yield live
+    live.stop()
+
+
+@pytest.fixture()
+def fresh_server(data_dir, tmp_path) -> Iterator[LiveServer]:
+    """A server with its own state directory (own keys and trail), for tests that inspect both."""
+    live = LiveServer(make_settings(data_dir, tmp_path / "state"))
+    yield live
+    live.stop()

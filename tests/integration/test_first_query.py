@@ -1,0 +1,273 @@
+"""The README's first query, end to end over HTTP, against raw DuckDB on the same files."""
+
+from __future__ import annotations
+
+import pytest
+
+from audit import verify_trail
+from gateway.disclosure.threshold import round_to_base
+
+NORFOLK, SUFFOLK = "E10000020", "E10000029"
+
+AGE_BAND = """CASE WHEN 2026 - p.year_of_birth < 18 THEN '0-17'
+            WHEN 2026 - p.year_of_birth < 40 THEN '18-39'
+            WHEN 2026 - p.year_of_birth < 65 THEN '40-64'
+            WHEN 2026 - p.year_of_birth < 80 THEN '65-79'
+            ELSE '80+' END"""
+
+README_QUERY = f"""
+SELECT {AGE_BAND} AS age_band,
+       COUNT(DISTINCT p.person_id) AS people,
+       COUNT(DISTINCT d.person_id) AS with_type2_diabetes
+FROM patients p
+LEFT JOIN gp_events d ON d.person_id = p.person_id AND d.snomed_code = '44054006'
+GROUP BY age_band
+ORDER BY age_band
+"""
+
+
+def expected_cell(people: int, value: int | None = None, k: int = 8, base: int = 5):
+    """The threshold rule, written independently of the gateway: suppress 1..k-1, round to 5."""
+    value = people if value is None else value
+    if 0 < people < k:
+        return None
+    return round_to_base(value, base)
+
+
+def oracle(raw, la_codes: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """Raw counts per age band for residents of the given councils, opted-out people removed."""
+    placeholders = ", ".join("?" for _ in la_codes)
+    rows = raw.execute(
+        f"""
+        WITH p AS (SELECT * FROM patients WHERE local_authority_code IN ({placeholders})
+                   AND person_id NOT IN (SELECT person_id FROM opt_outs)),
+             d AS (SELECT DISTINCT person_id FROM gp_events WHERE snomed_code = '44054006')
+        SELECT {AGE_BAND} AS age_band, count(DISTINCT p.person_id),
+               count(DISTINCT d.person_id)
+        FROM p LEFT JOIN d ON d.person_id = p.person_id GROUP BY 1 ORDER BY 1
+        """,
+        list(la_codes),
+    ).fetchall()
+    return {band: (people, diab) for band, people, diab in rows}
+
+
+def test_readme_query_releases_norfolk_residents_only(server, raw):
+    resp = server.query("p.jones", README_QUERY, "JOINT-PLANNING", "planning")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["status"] == "released"
+    assert body["columns"] == ["age_band", "people", "with_type2_diabetes"]
+    assert body["policy"]["id"] == "joint-planning"
+    expected = oracle(raw, (NORFOLK,))
+    assert [r[0] for r in body["rows"]] == list(expected)
+    for band, people, diab in body["rows"]:
+        raw_people, raw_diab = expected[band]
+        assert people == expected_cell(raw_people)
+        assert diab == expected_cell(raw_diab)
+    # the people column differs from the unfiltered and from the opted-in-only population
+    everyone = raw.execute("SELECT count(*) FROM patients").fetchone()[0]
+    assert sum(r[1] for r in body["rows"]) < everyone / 2
+    d = body["disclosure"]
+    assert d["regime"] == "threshold" and d["min_people"] == 8 and d["rounding_base"] == 5
+    assert set(d["rounded_columns"]) == {"people", "with_type2_diabetes"}
+
+
+def test_readme_query_is_audited_with_the_facts(server):
+    resp = server.query("p.jones", README_QUERY, "JOINT-PLANNING", "planning")
+    entry = server.entry_for(resp)
+    assert entry["decision"] == "released"
+    assert entry["subject"] == "p.jones" and entry["org"] == NORFOLK
+    assert entry["policy_id"] == "joint-planning"
+    assert entry["legal_basis"]["type"] == "copi_joint_planning"
+    assert entry["tables"] == ["gp_events", "patients"]
+    assert entry["datasets"] == ["gp"]
+    assert entry["rows_released"] == len(resp.json()["rows"])
+    assert resp.json()["audit"] == {"seq": entry["seq"], "hash": entry["hash"]}
+    assert "opt_outs" in entry["executed_sql"] and NORFOLK in entry["executed_sql"]
+    # the trail never holds released values
+    for row in resp.json()["rows"]:
+        for value in row[1:]:
+            if value is not None and value > 100:
+                assert str(value) not in str(entry.get("cells_suppressed"))
+
+
+def test_icb_analyst_sees_norfolk_and_suffolk(server, raw):
+    resp = server.query("m.brown", README_QUERY, "JOINT-PLANNING", "planning")
+    assert resp.status_code == 200, resp.text
+    expected = oracle(raw, (NORFOLK, SUFFOLK))
+    for band, people, diab in resp.json()["rows"]:
+        assert people == expected_cell(expected[band][0])
+        assert diab == expected_cell(expected[band][1])
+
+
+def test_small_cells_are_suppressed_and_listed(server, raw):
+    sql = ("SELECT p.lsoa_code, COUNT(DISTINCT p.person_id) AS people FROM patients p "
+           "GROUP BY p.lsoa_code ORDER BY p.lsoa_code")
+    resp = server.query("p.jones", sql, "JOINT-PLANNING", "planning")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    truth = dict(raw.execute(
+        "SELECT lsoa_code, count(*) FROM patients WHERE local_authority_code = ? AND person_id "
+        "NOT IN (SELECT person_id FROM opt_outs) GROUP BY 1", [NORFOLK]).fetchall())
+    assert {r[0] for r in body["rows"]} == set(truth)
+    suppressed = {(s["row"], s["column"]) for s in body["disclosure"]["suppressed"]}
+    assert suppressed, "the synthetic data should produce small areas"
+    for i, (lsoa, people) in enumerate(body["rows"]):
+        assert people == expected_cell(truth[lsoa])
+        assert ((i, "people") in suppressed) == (people is None)
+
+
+def test_threshold_counts_people_not_events(server, raw):
+    """A count of events can be large while few people lie behind it: still suppressed."""
+    sql = ("SELECT p.lsoa_code, COUNT(*) AS hba1c_tests FROM gp_events e JOIN patients p "
+           "ON p.person_id = e.person_id WHERE e.snomed_code = '1049301000000100' "
+           "GROUP BY p.lsoa_code")
+    resp = server.query("p.jones", sql, "JOINT-PLANNING", "planning")
+    assert resp.status_code == 200, resp.text
+    rows = raw.execute(
+        """SELECT p.lsoa_code, count(*), count(DISTINCT e.person_id) FROM gp_events e
+           JOIN patients p USING (person_id) WHERE e.snomed_code = '1049301000000100'
+           AND p.local_authority_code = ? AND p.person_id NOT IN (SELECT person_id FROM opt_outs)
+           GROUP BY 1""", [NORFOLK]).fetchall()
+    truth = {code: (events, people) for code, events, people in rows}
+    assert any(events >= 8 > people > 0 for events, people in truth.values()), \
+        "fixture should contain an area with many tests from few people"
+    assert len(resp.json()["rows"]) == len(truth)
+    for code, events in resp.json()["rows"]:
+        raw_events, raw_people = truth[code]
+        assert events == expected_cell(raw_people, raw_events)
+
+
+def test_out_of_area_care_placements_are_not_visible(server, raw):
+    """Norfolk provides care to some non-residents; a Norfolk planner must not count them."""
+    sql = ("SELECT s.service_type, COUNT(DISTINCT s.person_id) AS people FROM social_care s "
+           "WHERE s.local_authority_code = 'E10000020' GROUP BY s.service_type")
+    resp = server.query("p.jones", sql, "JOINT-PLANNING", "planning")
+    assert resp.status_code == 200, resp.text
+    truth = dict(raw.execute(
+        """SELECT s.service_type, count(DISTINCT s.person_id) FROM social_care s
+           JOIN patients p USING (person_id)
+           WHERE s.local_authority_code = ? AND p.local_authority_code = ?
+           AND s.person_id NOT IN (SELECT person_id FROM opt_outs) GROUP BY 1""",
+        [NORFOLK, NORFOLK]).fetchall())
+    everyone = dict(raw.execute(
+        "SELECT service_type, count(DISTINCT person_id) FROM social_care "
+        "WHERE local_authority_code = ? GROUP BY 1", [NORFOLK]).fetchall())
+    assert sum(everyone.values()) > sum(truth.values()), "fixture should hold placements"
+    for service, people in resp.json()["rows"]:
+        assert people == expected_cell(truth[service])
+
+
+@pytest.mark.parametrize(
+    ("case", "sub", "project", "purpose", "sql", "status", "code", "decision"),
+    [
+        ("project not held", "s.patel", "OUTBREAK-2026", "communicable_disease_control",
+         README_QUERY, 403, "policy_denied", "denied"),
+        ("purpose not permitted", "p.jones", "JOINT-PLANNING", "winter_planning",
+         README_QUERY, 403, "policy_denied", "denied"),
+        ("select star", "p.jones", "JOINT-PLANNING", "planning",
+         "SELECT * FROM patients", 400, "sql_rejected", "refused"),
+        ("proposed basis", "p.jones", "JOINT-PLANNING-DRAFT", "planning",
+         README_QUERY, 403, "policy_denied", "denied"),
+        ("ig auditor queries", "ig.lead", "JOINT-PLANNING", "planning",
+         README_QUERY, 403, "policy_denied", "denied"),
+        ("commercial under reg 3", "c.trader", "OUTBREAK-2026", "communicable_disease_control",
+         README_QUERY, 403, "policy_denied", "denied"),
+        ("expired covid notice", "p.jones", "COVID19-RESPONSE", "covid19",
+         README_QUERY, 403, "policy_denied", "denied"),
+    ],
+)
+def test_refusals_are_4xx_in_the_error_shape_and_audited(
+    server, case, sub, project, purpose, sql, status, code, decision
+):
+    resp = server.query(sub, sql, project, purpose)
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == code
+    assert err["message"] and set(err) == {"code", "message", "reasons", "hint"}
+    entry = server.entry_for(resp)
+    assert entry["decision"] == decision
+    assert entry["error_code"] == code
+    assert entry["subject"] == sub
+    assert "rows" not in resp.json()
+
+
+def test_denial_says_what_would_be_allowed(server):
+    resp = server.query("p.jones", README_QUERY, "JOINT-PLANNING", "winter_planning")
+    err = resp.json()["error"]
+    assert err["reasons"][0]["policy"] == "joint-planning"
+    assert err["reasons"][0]["rule"] == "purpose"
+    assert "planning" in err["hint"]
+
+
+def test_expired_notice_names_the_date(server):
+    resp = server.query("p.jones", README_QUERY, "COVID19-RESPONSE", "covid19")
+    assert any("2022-06-30" in r["message"] for r in resp.json()["error"]["reasons"])
+
+
+@pytest.mark.parametrize(
+    ("case", "token"),
+    [
+        ("missing", None),
+        ("garbage", "not-a-jwt"),
+        ("alg none", "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJwLmpvbmVzIn0."),
+    ],
+)
+def test_bad_tokens_get_401_and_are_audited(server, case, token):
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    resp = server.client.post("/v1/queries", headers=headers, json={
+        "sql": README_QUERY, "project": "JOINT-PLANNING", "purpose": "planning"})
+    assert resp.status_code == 401, resp.text
+    assert resp.json()["error"]["code"] == "unauthenticated"
+    entry = server.entry_for(resp)
+    assert entry["decision"] == "refused" and "subject" not in entry
+
+
+def test_token_from_another_issuer_key_is_refused(server, tmp_path):
+    from gateway.auth import issue_token
+    from gateway.state import ensure_state
+
+    other = ensure_state(tmp_path / "other")
+    forged = issue_token(other.token_private_pem, issuer="sde-gateway", audience="sde-gateway",
+                         sub="p.jones", org="E10000020", org_type="local_authority",
+                         roles=["planner"], projects=["JOINT-PLANNING"])
+    resp = server.query(None, README_QUERY, "JOINT-PLANNING", "planning", token=forged)
+    assert resp.status_code == 401
+
+
+def test_oversized_body_is_413_and_audited(server):
+    before = len(server.audit_entries())
+    resp = server.client.post("/v1/queries", headers={"Content-Type": "application/json"},
+                              content=b'{"sql": "' + b"x" * 100_000 + b'"}')
+    assert resp.status_code == 413
+    assert resp.json()["error"]["code"] == "too_large"
+    after = server.audit_entries()
+    assert len(after) == before + 1 and after[-1]["error_code"] == "too_large"
+
+
+def test_malformed_body_is_422_in_the_error_shape_and_audited(server):
+    resp = server.client.post("/v1/queries", content=b"{not json",
+                              headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422
+    assert resp.json()["error"]["code"] == "invalid_request"
+    assert server.entry_for(resp)["decision"] == "refused"
+
+
+def test_unknown_path_is_json_404(server):
+    resp = server.client.get("/v1/nothing-here")
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "not_found"
+
+
+def test_healthz(server):
+    resp = server.client.get("/healthz")
+    assert resp.status_code == 200 and resp.json()["audit"] == "writable"
+
+
+def test_trail_verifies_after_a_mixed_session(fresh_server):
+    s = fresh_server
+    s.query("p.jones", README_QUERY, "JOINT-PLANNING", "planning")
+    s.query("p.jones", "SELECT * FROM patients", "JOINT-PLANNING", "planning")
+    s.query(None, README_QUERY, "JOINT-PLANNING", "planning")
+    result = verify_trail(s.settings.audit_path, s.keys.audit_key)
+    assert result.ok and result.entries == 3
