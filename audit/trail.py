@@ -33,10 +33,14 @@ class AuditWriteError(RuntimeError):
 
 
 def canonical(obj: Any) -> bytes:
-    """The one serialisation that hashes are computed over."""
+    """The one serialisation that hashes are computed over, and the line that is written.
+
+    ASCII-only, so that every entry is exactly one line for any reader: with raw UTF-8, a SQL
+    text holding U+2028 or U+0085 splits the entry for tools that break lines the Unicode way.
+    """
     return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
 
 
 def entry_hash(entry: dict[str, Any]) -> str:

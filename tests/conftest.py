@@ -93,7 +93,7 @@ class LiveServer:
                                 json={"sql": sql, "project": project, "purpose": purpose})
 
     def audit_entries(self) -> list[dict]:
-        lines = self.settings.audit_path.read_text().splitlines()
+        lines = self.settings.audit_path.read_text().splitlines()  # any reader's idea of a line
         return [json.loads(line) for line in lines]
 
     def entry_for(self, response: httpx.Response) -> dict:

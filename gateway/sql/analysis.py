@@ -192,6 +192,8 @@ def _check_join(join: exp.Join) -> None:
 
 
 def _construct(node: exp.Expression) -> str:
+    if isinstance(node.parent, exp.Table) and isinstance(node, exp.Func):
+        return f"table function {node.sql_name().lower()}() in FROM"
     if isinstance(node, exp.Func):
         return f"function {node.sql_name().lower()}()"
     if isinstance(node, exp.Window):
@@ -335,6 +337,8 @@ def _check_person_key_use(col: exp.Column, scope: Scope, root: exp.Select) -> No
         return  # COUNT(DISTINCT CASE WHEN ... THEN person_id END)
     if isinstance(parent, exp.In) and parent.this is col and parent.args.get("query"):
         return
+    if isinstance(parent, exp.Is) and isinstance(parent.expression, exp.Null):
+        return  # IS [NOT] NULL: whether a join matched, never a value
     if select is not root and _is_source_select(select):
         if parent is select or (isinstance(parent, exp.Alias) and parent.parent is select):
             return  # a per-person or joinable derived table exposes the key for joining
@@ -421,8 +425,9 @@ def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
         if inner.sql() in keys or (group_all and not aggs):
             outputs.append(OutputColumn(name, "group_key", False))
             continue
+        units = [a.parent if isinstance(a.parent, exp.Filter) else a for a in aggs]
         bare = [c for c in inner.find_all(exp.Column)
-                if not _inside_any(c, aggs) and c.find_ancestor(exp.Select) is tree]
+                if not _inside_any(c, units) and c.find_ancestor(exp.Select) is tree]
         if not aggs or bare:
             raise SqlRejected(
                 f"output column {name!r} is neither an aggregate nor a group key",

@@ -1,0 +1,119 @@
+"""The CLI contract of product.md, run as operators and harnesses run it: real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from policies.loader import shipped_policies_dir
+
+CLI = [sys.executable, "-m", "gateway.cli"]
+
+
+def run(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_synth_writes_every_table_with_progress(tmp_path, catalogue):
+    out = tmp_path / "d"
+    result = run("synth", "--out", str(out), "--persons", "2000", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert {p.stem for p in out.glob("*.parquet")} == set(catalogue.tables)
+    assert "patients" in result.stderr and "2,000" in result.stderr
+
+
+def test_token_prints_only_a_token(tmp_path):
+    result = run("token", "--state-dir", str(tmp_path / "s"), "--sub", "p.jones", "--org",
+                 "E10000020", "--org-type", "local_authority", "--role", "planner",
+                 "--project", "JOINT-PLANNING", "--ttl", "60")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(".") == 2 and len(result.stdout.split()) == 1
+
+
+def test_policy_check_passes_shipped_and_names_the_fault(tmp_path):
+    ok = run("policy", "check", str(shipped_policies_dir()))
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "p"
+    shutil.copytree(shipped_policies_dir(), bad)
+    f = bad / "joint-planning.toml"
+    f.write_text(f.read_text().replace("min_people = 8", "min_people = 1"))
+    result = run("policy", "check", str(bad))
+    assert result.returncode == 1
+    assert "joint-planning.toml" in result.stderr and "output.min_people" in result.stderr
+
+
+@pytest.fixture()
+def served(data_dir, tmp_path):
+    state = tmp_path / "state"
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([*CLI, "serve", "--data", str(data_dir), "--state-dir", str(state),
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"serve did not start: {proc.stderr.read()}")
+        time.sleep(0.2)
+    yield url, state
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+
+
+def token_for(state: Path, sub: str, org: str, org_type: str, project: str) -> str:
+    return run("token", "--state-dir", str(state), "--sub", sub, "--org", org, "--org-type",
+               org_type, "--role", "planner", "--project", project).stdout.strip()
+
+
+def test_serve_query_and_verify_end_to_end(served):
+    url, state = served
+    tok = token_for(state, "p.jones", "E10000020", "local_authority", "JOINT-PLANNING")
+    sql = ("SELECT p.lsoa_code, COUNT(DISTINCT p.person_id) AS people FROM patients p "
+           "GROUP BY p.lsoa_code ORDER BY p.lsoa_code LIMIT 40")
+    result = run("query", "--url", url, "--token", tok, "--project", "JOINT-PLANNING",
+                 "--purpose", "planning", sql, env={**os.environ, "COLUMNS": "120"})
+    assert result.returncode == 0, result.stderr
+    assert "lsoa_code" in result.stdout and "suppressed" in result.stdout
+    assert "rounded to 5" in result.stdout
+    denied = run("query", "--url", url, "--token", tok, "--project", "JOINT-PLANNING",
+                 "--purpose", "marketing", sql)
+    assert denied.returncode == 1 and "403 policy_denied" in denied.stderr
+    assert "permitted purposes" in denied.stderr
+    verify = run("audit", "verify", "--state-dir", str(state))
+    assert verify.returncode == 0 and "intact: 2 entries" in verify.stdout
+    trail = state / "audit" / "trail.jsonl"
+    trail.write_text(trail.read_text().replace("marketing", "planning"))
+    tampered = run("audit", "verify", "--state-dir", str(state))
+    assert tampered.returncode == 1 and "line 2" in tampered.stdout
+
+
+def test_serve_refuses_to_start_on_a_broken_policy(data_dir, tmp_path):
+    bad = tmp_path / "p"
+    shutil.copytree(shipped_policies_dir(), bad)
+    f = bad / "outbreak-control-reg3.toml"
+    f.write_text(f.read_text().replace('"icb", "nhs_trust"', '"commercial", "nhs_trust"'))
+    result = run("serve", "--data", str(data_dir), "--state-dir", str(tmp_path / "s"),
+                 "--policies", str(bad), "--port", str(free_port()))
+    assert result.returncode == 2
+    assert "outbreak-control-reg3.toml" in result.stderr and "regulation 3" in result.stderr
