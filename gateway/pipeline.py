@@ -20,7 +20,7 @@ import structlog
 from audit import AuditTrail, AuditWriteError
 from datasets import Catalogue
 from gateway.auth import TokenVerifier
-from gateway.disclosure.threshold import apply_threshold
+from gateway.disclosure.threshold import apply_threshold, check_outputs
 from gateway.engine import DuckDBEngine, RawResult
 from gateway.errors import AuditUnavailable, GatewayError, PolicyDenied, RegimeUnavailable
 from gateway.settings import Settings
@@ -135,6 +135,7 @@ class Pipeline:
                     "not available in this build, so nothing can be released under it",
                     hint="threshold policies (JOINT-PLANNING, OUTBREAK-2026) work today",
                 )
+            check_outputs(analysis.outputs)
             stage = "rewrite"
             plan = rewrite(analysis, decision.obligations, self.catalogue, self.settings.row_cap)
             record["executed_sql"] = plan.sql

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.errors import SqlRejected
+
 
 @dataclass(frozen=True)
 class SuppressedCell:
@@ -26,6 +28,23 @@ class Controlled:
     rows: list[list[Any]]
     suppressed: tuple[SuppressedCell, ...]
     rounded_columns: tuple[str, ...]
+
+
+def check_outputs(outputs) -> None:
+    """The regime releases counts and sums or averages of measures, nothing computed from them.
+
+    A ratio or any arithmetic over aggregates, computed from unrounded values, would undo the
+    rounding (an exact count can be solved for), so it is refused before anything runs.
+    """
+    for out in outputs:
+        if out.kind == "aggregate" and out.shape == "composite":
+            raise SqlRejected(
+                f"output column {out.name!r} computes on aggregates (a ratio, a percentage, "
+                "arithmetic, an average of a non-measure); under the threshold regime that "
+                "would undo the rounding of the counts it is made from",
+                hint="release the counts and compute ratios from the released values",
+                code="output_not_allowed",
+            )
 
 
 def round_to_base(value: int | float, base: int) -> int:

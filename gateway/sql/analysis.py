@@ -65,7 +65,14 @@ ALLOWED_ANONYMOUS = frozenset({"date_part", "datepart"})
 class OutputColumn:
     name: str
     kind: str  # "group_key" | "aggregate"
-    is_count: bool  # a bare COUNT: the threshold regime rounds it
+    #: for aggregates: "count" (COUNT, or SUM over a non-measure: a count of cases),
+    #: "measure" (SUM or AVG of a measure column), or "composite" (any other expression of
+    #: aggregates, such as a ratio). Each regime decides what it can release of each shape.
+    shape: str = ""
+
+    @property
+    def is_count(self) -> bool:
+        return self.shape == "count"
 
 
 @dataclass(frozen=True)
@@ -382,6 +389,18 @@ def _check_per_person_aggregates(scope: Scope, root: exp.Select, catalogue: Cata
             )
 
 
+def _names_aggregate(ordered: exp.Expression, tree: exp.Select) -> bool:
+    """Whether an ORDER BY term refers (by alias or position) to an aggregate output column."""
+    term = ordered.this if isinstance(ordered, exp.Ordered) else ordered
+    target = None
+    if isinstance(term, exp.Literal) and term.is_int:
+        idx = int(term.this) - 1
+        target = tree.expressions[idx] if 0 <= idx < len(tree.expressions) else None
+    elif isinstance(term, exp.Column) and not term.table:
+        target = next((p for p in tree.expressions if p.alias_or_name == term.name), None)
+    return bool(target is not None and _aggregates_of(target.unalias(), tree))
+
+
 def _output_name(proj: exp.Expression, i: int) -> str:
     """The name a person sees: the alias, else the column name, else the expression's text."""
     if isinstance(proj, exp.Alias) and proj.alias:
@@ -405,9 +424,41 @@ def _aggregates_of(node: exp.Expression, select: exp.Select) -> list[exp.AggFunc
     return [a for a in node.find_all(exp.AggFunc) if a.find_ancestor(exp.Select) is select]
 
 
+def _shape(node: exp.Expression, scope: Scope, catalogue: Catalogue) -> str:
+    """Classify an aggregate output column for the disclosure regimes."""
+    agg = node.this if isinstance(node, exp.Filter) else node
+    if isinstance(agg, exp.Count):
+        return "count"
+    if isinstance(agg, exp.Sum | exp.Avg):
+        arg = agg.this
+        origin = bare_origin(arg, scope, catalogue) if isinstance(arg, exp.Column) else None
+        if origin and origin[1].cls is ColumnClass.MEASURE:
+            return "measure"
+        if isinstance(agg, exp.Sum):
+            return "count"  # SUM(CASE WHEN ... THEN 1 ELSE 0 END), SUM(1): a count of cases
+    return "composite"
+
+
 def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
                  ) -> tuple[OutputColumn, ...]:
-    """The released table must be aggregate: each column an aggregate or a group key."""
+    """The released table must be aggregate: each column an aggregate or a group key.
+
+    Nothing in the outer query may act on exact aggregate values before disclosure control:
+    HAVING on an aggregate shows exact counts by which rows appear, and ORDER BY an aggregate
+    ranks suppressed cells.
+    """
+    scope = next(s for s in traverse_scope(tree) if s.expression is tree)
+    if tree.args.get("having"):
+        raise SqlRejected("HAVING on the outer query is not allowed: which rows appear would "
+                          "reveal exact counts before disclosure control",
+                          hint="filter the released table yourself; HAVING is fine inside a "
+                          "per-person subquery")
+    order = tree.args.get("order")
+    for ordered in order.expressions if order else []:
+        if _aggregates_of(ordered, tree) or _names_aggregate(ordered, tree):
+            raise SqlRejected("ORDER BY an aggregate is not allowed on the outer query: the "
+                              "order would rank suppressed cells",
+                              hint="order by group keys, or sort the released table yourself")
     group = tree.args.get("group")
     group_all = bool(group and group.args.get("all"))
     keys = {g.sql() for g in group.expressions} if group else set()
@@ -423,7 +474,7 @@ def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
         aggs = _aggregates_of(inner, tree)
         name = _output_name(originals[i] if i < len(originals) else proj, i)
         if inner.sql() in keys or (group_all and not aggs):
-            outputs.append(OutputColumn(name, "group_key", False))
+            outputs.append(OutputColumn(name, "group_key"))
             continue
         units = [a.parent if isinstance(a.parent, exp.Filter) else a for a in aggs]
         bare = [c for c in inner.find_all(exp.Column)
@@ -434,7 +485,7 @@ def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
                 hint="every output column must be COUNT/SUM/AVG(...) or appear in GROUP BY",
             )
         any_agg = True
-        outputs.append(OutputColumn(name, "aggregate", isinstance(inner, exp.Count)))
+        outputs.append(OutputColumn(name, "aggregate", _shape(inner, scope, catalogue)))
     if not any_agg:
         raise SqlRejected("the query has no aggregate: the gateway releases aggregate tables only",
                           hint="add COUNT(DISTINCT person_id) or another aggregate")

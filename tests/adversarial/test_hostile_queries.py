@@ -143,6 +143,20 @@ HOSTILE: dict[str, list[str]] = {
         "SELECT count(*) FROM patients p LEFT ASOF JOIN gp_events e "
         "ON p.person_id = e.person_id AND p.registration_date >= e.event_date",
     ],
+    "defeating rounding and suppression": [
+        "SELECT sex, COUNT(*) * 1 AS n FROM patients GROUP BY sex",
+        "SELECT sex, COUNT(*) + 0 AS n FROM patients GROUP BY sex",
+        "SELECT sex, 100.0 * COUNT(DISTINCT person_id) / 7 FROM patients GROUP BY sex",
+        "SELECT sex, AVG(CASE WHEN year_of_birth < 1950 THEN 1.0 ELSE 0 END) FROM patients "
+        "GROUP BY sex",
+        "SELECT sex, COUNT(*) FROM patients GROUP BY sex HAVING COUNT(*) = 17771",
+        "SELECT sex, COUNT(*) FROM patients GROUP BY sex HAVING COUNT(*) BETWEEN 100 AND 200",
+        "SELECT lsoa_code, COUNT(*) AS n FROM patients GROUP BY lsoa_code ORDER BY n",
+        "SELECT lsoa_code, COUNT(*) FROM patients GROUP BY lsoa_code ORDER BY COUNT(*) DESC",
+        "SELECT lsoa_code, COUNT(*) FROM patients GROUP BY lsoa_code ORDER BY 2",
+        "SELECT sex, COUNT(*) - COUNT(*) FILTER (WHERE year_of_birth > 1940) FROM patients "
+        "GROUP BY sex",
+    ],
     "resource exhaustion": [
         "SELECT count(*) FROM patients WHERE " + " AND ".join(["(1 = 1"] * 80) + ")" * 80,
         "SELECT count(*) FROM range(1000000000000)",

@@ -271,3 +271,37 @@ def test_trail_verifies_after_a_mixed_session(fresh_server):
     s.query(None, README_QUERY, "JOINT-PLANNING", "planning")
     result = verify_trail(s.settings.audit_path, s.keys.audit_key)
     assert result.ok and result.entries == 3
+
+
+def test_count_idioms_are_rounded_too(server, raw):
+    """SUM(1) and SUM(CASE ... THEN 1 ELSE 0 END) are counts: they are rounded like COUNT."""
+    sql = ("SELECT p.sex, SUM(1) AS n, SUM(CASE WHEN p.year_of_birth < 1950 THEN 1 ELSE 0 END) "
+           "AS older FROM patients p GROUP BY p.sex ORDER BY p.sex")
+    resp = server.query("p.jones", sql, "JOINT-PLANNING", "planning")
+    assert resp.status_code == 200, resp.text
+    truth = raw.execute(
+        """SELECT sex, count(*), count(*) FILTER (WHERE year_of_birth < 1950) FROM patients
+           WHERE local_authority_code = ? AND person_id NOT IN (SELECT person_id FROM opt_outs)
+           GROUP BY sex ORDER BY sex""", [NORFOLK]).fetchall()
+    for (sex, n, older), (tsex, tn, tolder) in zip(resp.json()["rows"], truth, strict=True):
+        assert sex == tsex
+        assert n == expected_cell(tn) and n % 5 == 0
+        assert older == expected_cell(tolder) and older % 5 == 0
+
+
+def test_sums_of_measures_are_released_with_people_behind_them(server, raw):
+    sql = ("SELECT h.admission_method, SUM(h.length_of_stay) AS bed_days, "
+           "AVG(h.length_of_stay) AS mean_stay FROM hospital_admissions h "
+           "GROUP BY h.admission_method ORDER BY h.admission_method")
+    resp = server.query("p.jones", sql, "JOINT-PLANNING", "planning")
+    assert resp.status_code == 200, resp.text
+    truth = {m: (s, a, n) for m, s, a, n in raw.execute(
+        """SELECT admission_method, sum(length_of_stay), avg(length_of_stay),
+                  count(DISTINCT person_id) FILTER (WHERE length_of_stay <> 0)
+           FROM hospital_admissions WHERE person_id IN (SELECT person_id FROM patients
+           WHERE local_authority_code = ?) AND person_id NOT IN (SELECT person_id FROM opt_outs)
+           GROUP BY 1""", [NORFOLK]).fetchall()}
+    for method, bed_days, mean_stay in resp.json()["rows"]:
+        s, a, n = truth[method]
+        assert bed_days == (None if 0 < n < 8 else s)
+        assert mean_stay == pytest.approx(a)

@@ -47,12 +47,14 @@ def test_realistic_queries_are_accepted(sql, catalogue):
 def test_columns_are_listed_per_clause_with_their_source_table(catalogue):
     a = run("SELECT p.sex AS s, COUNT(*) FROM patients p JOIN gp_events e "
             "ON e.person_id = p.person_id WHERE e.snomed_code = '44054006' "
-            "GROUP BY p.sex HAVING COUNT(*) > 10 ORDER BY s", catalogue)
+            "AND p.person_id IN (SELECT person_id FROM gp_events GROUP BY person_id "
+            "HAVING MIN(event_date) > DATE '2020-01-01') GROUP BY p.sex ORDER BY s", catalogue)
     uses = {(u.table, u.column, u.clause) for u in a.columns}
     assert ("patients", "sex", "select") in uses
     assert ("patients", "sex", "group") in uses
     assert ("gp_events", "snomed_code", "where") in uses
     assert ("gp_events", "person_id", "join") in uses
+    assert ("gp_events", "event_date", "having") in uses
     assert a.tables == {"patients", "gp_events"}
 
 
@@ -68,6 +70,25 @@ def test_output_columns_have_readable_names(catalogue):
     assert [o.name for o in a.outputs] == ["sex", "count(*)", "people"]
     assert [o.kind for o in a.outputs] == ["group_key", "aggregate", "aggregate"]
     assert [o.is_count for o in a.outputs] == [False, True, True]
+
+
+@pytest.mark.parametrize(
+    ("expr", "shape"),
+    [
+        ("COUNT(*)", "count"),
+        ("COUNT(DISTINCT p.person_id) FILTER (WHERE p.sex = 'F')", "count"),
+        ("SUM(CASE WHEN p.year_of_birth < 1950 THEN 1 ELSE 0 END)", "count"),
+        ("SUM(h.length_of_stay)", "measure"),
+        ("AVG(h.length_of_stay)", "measure"),
+        ("AVG(p.year_of_birth)", "composite"),
+        ("COUNT(*) * 1", "composite"),
+        ("100.0 * COUNT(h.person_id) / COUNT(*)", "composite"),
+    ],
+)
+def test_output_shapes(expr, shape, catalogue):
+    a = run(f"SELECT p.sex, {expr} AS x FROM patients p JOIN hospital_admissions h "
+            "ON h.person_id = p.person_id GROUP BY p.sex", catalogue)
+    assert a.outputs[1].shape == shape
 
 
 def test_parse_error_gives_line_and_column(catalogue):
