@@ -243,6 +243,19 @@ def _print_result(body: dict) -> None:
     console.print(f"audit entry {body['audit']['seq']} ({body['audit']['hash'][:16]}...)")
 
 
+@main.command("settings")
+def show_settings() -> None:
+    """Show every setting with its default (the same table as docs/architecture.md)."""
+    from gateway.settings import describe
+
+    table = Table(title="settings")
+    for col in ("name", "default", "what it is"):
+        table.add_column(col)
+    for row in describe():
+        table.add_row(*row)
+    console.print(table)
+
+
 # -- governance ---------------------------------------------------------------------------
 
 
