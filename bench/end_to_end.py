@@ -27,19 +27,6 @@ from datasets.generator import generate
 from gateway.settings import Settings
 
 ROOT = Path(__file__).resolve().parent
-README_QUERY = """
-SELECT CASE WHEN 2026 - p.year_of_birth < 18 THEN '0-17'
-            WHEN 2026 - p.year_of_birth < 40 THEN '18-39'
-            WHEN 2026 - p.year_of_birth < 65 THEN '40-64'
-            WHEN 2026 - p.year_of_birth < 80 THEN '65-79'
-            ELSE '80+' END AS age_band,
-       COUNT(DISTINCT p.person_id) AS people,
-       COUNT(DISTINCT d.person_id) AS with_type2_diabetes
-FROM patients p
-LEFT JOIN gp_events d ON d.person_id = p.person_id AND d.snomed_code = '44054006'
-GROUP BY age_band
-ORDER BY age_band
-"""
 
 
 def data_for(persons: int) -> Path:
@@ -59,7 +46,9 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(ROOT.parent / "tests"))
+    sys.path.insert(0, str(ROOT.parent / "tests" / "integration"))
     from conftest import LiveServer  # the same real server the integration tests use
+    from test_first_query import README_QUERY  # the query the README and the tests use
 
     data = data_for(args.persons)
     state = Path(tempfile.mkdtemp(prefix="sde-bench-state-"))
