@@ -24,6 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from audit.checkpoint import write_checkpoint
+
 GENESIS_HASH = "0" * 64
 RESERVED = frozenset({"seq", "time", "prev_hash", "hash", "mac"})
 
@@ -53,16 +57,51 @@ def entry_mac(key: bytes, digest: str) -> str:
 
 
 class AuditTrail:
-    """Appends entries to one trail file."""
+    """Appends entries to one trail file, and signs its head after each append."""
 
-    def __init__(self, path: Path, key: bytes) -> None:
+    def __init__(
+        self, path: Path, key: bytes, checkpoint_key: Ed25519PrivateKey | None = None
+    ) -> None:
         if len(key) < 32:
             raise ValueError("the audit key must be at least 32 bytes")
         self.path = Path(path)
         self._key = key
+        self._checkpoint_key = checkpoint_key
         self._lock = threading.Lock()
+        #: the last write error, or None once a write has succeeded since
+        self.last_error: str | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.touch(exist_ok=True)
+
+    @property
+    def healthy(self) -> bool:
+        return self.last_error is None
+
+    def recover(self) -> dict[str, Any] | None:
+        """Set aside a torn last line left by a crash, and record that it was.
+
+        A torn line is a write that never completed, so it was never acknowledged: nothing
+        that a client received is lost by removing it. The fragment is kept beside the trail
+        for inspection, and an entry says how many bytes were set aside and their hash.
+        """
+        with self._lock:
+            data = self.path.read_bytes()
+            if not data or data.endswith(b"\n"):
+                return None
+            cut = data.rfind(b"\n") + 1
+            fragment = data[cut:]
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            aside = self.path.with_name(f"{self.path.name}.torn-{stamp}")
+            aside.write_bytes(fragment)
+            with self.path.open("r+b") as fh:
+                fh.truncate(cut)
+                os.fsync(fh.fileno())
+        return self.append({
+            "event": "trail_recovered",
+            "torn_bytes": len(fragment),
+            "torn_sha256": hashlib.sha256(fragment).hexdigest(),
+            "set_aside_as": aside.name,
+        })
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
         """Write one entry durably and return it (with seq, hash and mac)."""
@@ -73,6 +112,7 @@ class AuditTrail:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             except OSError as exc:
+                self.last_error = str(exc)
                 raise AuditWriteError(f"cannot open the audit trail: {exc.strerror}") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -88,8 +128,18 @@ class AuditTrail:
                 line = canonical(entry) + b"\n"
                 _write_all(fd, line)
                 os.fsync(fd)
+                self.last_error = None
+                if self._checkpoint_key is not None:
+                    try:
+                        write_checkpoint(self.path, self._checkpoint_key, entry["seq"],
+                                         entry["hash"], entry["time"])
+                    except OSError as exc:
+                        # The entry is durable and chained; only the head checkpoint lags.
+                        # Report unhealthy so operators act, but do not disown the entry.
+                        self.last_error = f"head checkpoint not written: {exc}"
                 return entry
             except (OSError, ValueError) as exc:
+                self.last_error = str(exc)
                 raise AuditWriteError(f"cannot write the audit trail: {exc}") from exc
             finally:
                 os.close(fd)  # closing releases the flock

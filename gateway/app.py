@@ -11,22 +11,24 @@ import uuid
 from typing import Any
 
 import structlog
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from audit import AuditTrail
+from audit import AuditTrail, EventFilter, to_csv
 from datasets import load_catalogue
 from gateway.auth import TokenVerifier
 from gateway.engine import DuckDBEngine
 from gateway.errors import GatewayError, TooLarge
+from gateway.governance import Governance
 from gateway.logs import configure_logging
 from gateway.pipeline import Pipeline, QueryRequest
+from gateway.results import ResultStore
 from gateway.settings import Settings
 from gateway.state import ensure_state
 from policies import load_policies
@@ -62,12 +64,18 @@ def create_app(settings: Settings) -> FastAPI:
     catalogue = load_catalogue(settings.catalogue_dir)
     policies = load_policies(settings.policies_dir, catalogue)
     keys = ensure_state(settings.state_dir)
-    trail = AuditTrail(settings.audit_path, keys.audit_key)
+    trail = AuditTrail(settings.audit_path, keys.audit_key, keys.checkpoint_key)
+    recovered = trail.recover()
+    if recovered:
+        log.warning("audit_trail_recovered", torn_bytes=recovered["torn_bytes"],
+                    set_aside_as=recovered["set_aside_as"])
     engine = DuckDBEngine(settings.data_dir, settings.state_dir, catalogue,
                           memory_limit=settings.memory_limit, threads=settings.threads)
     verifier = TokenVerifier(keys.token_public_pem, settings.token_issuer,
                              settings.token_audience, settings.token_leeway_s)
-    pipeline = Pipeline(settings, catalogue, policies, engine, verifier, trail)
+    results = ResultStore(settings.state_dir / "results.sqlite")
+    pipeline = Pipeline(settings, catalogue, policies, engine, verifier, trail, results)
+    governance = Governance(pipeline, keys.audit_key, keys.checkpoint_public_key)
 
     app = FastAPI(
         title="sde-gateway",
@@ -123,12 +131,47 @@ def create_app(settings: Settings) -> FastAPI:
             sql=body.sql, project=body.project, purpose=body.purpose,
         ))
 
+    @app.get("/v1/queries/{query_id}", tags=["queries"], responses=ERROR_RESPONSES,
+             dependencies=[Depends(bearer)])
+    def read_query(query_id: str, request: Request) -> dict[str, Any]:
+        """A past query's status and released result: for its submitter and for IG staff."""
+        return governance.query(request.state.request_id,
+                                request.headers.get("authorization"), query_id)
+
+    @app.get("/v1/audit/events", tags=["audit"], responses=ERROR_RESPONSES,
+             dependencies=[Depends(bearer)])
+    def audit_events(
+        request: Request,
+        subject: str | None = None, org: str | None = None, project: str | None = None,
+        dataset: str | None = None, table: str | None = None, decision: str | None = None,
+        event: str | None = None,
+        since: str | None = Query(None, description="ISO time or date, inclusive"),
+        until: str | None = Query(None, description="ISO time or date, exclusive"),
+        after: int = Query(0, ge=0, description="Return entries after this seq (paging)"),
+        limit: int = Query(100, ge=1, le=1000),
+        format: str = Query("json", pattern="^(json|csv)$"),
+    ) -> Any:
+        """Search the audit trail (ig_auditor only); page with ``after``=``next_after``."""
+        where = EventFilter(subject, org, project, dataset, table, decision, event, since, until)
+        page = governance.events(request.state.request_id,
+                                 request.headers.get("authorization"), where, after, limit)
+        if format == "csv":
+            return PlainTextResponse(to_csv(page["events"]), media_type="text/csv",
+                                     headers={"X-Next-After": str(page["next_after"] or "")})
+        return page
+
+    @app.get("/v1/audit/verify", tags=["audit"], responses=ERROR_RESPONSES,
+             dependencies=[Depends(bearer)])
+    def audit_verify(request: Request) -> dict[str, Any]:
+        """Whether the chain is intact, its length, its head, and the first bad entry."""
+        return governance.verify(request.state.request_id, request.headers.get("authorization"))
+
     @app.get("/healthz", tags=["operations"])
     def healthz() -> JSONResponse:
         """Liveness, and whether the audit trail can be written (if not, queries get 503)."""
-        writable = os.access(settings.audit_path, os.W_OK)
+        writable = trail.healthy and os.access(settings.audit_path, os.W_OK)
         body = {"status": "ok" if writable else "degraded", "engine": engine.name,
-                "audit": "writable" if writable else "not writable"}
+                "audit": "writable" if writable else f"failing: {trail.last_error}"}
         return JSONResponse(body, status_code=200 if writable else 503)
 
     # Added last = outermost: the request id exists before the body limit can refuse.

@@ -296,10 +296,13 @@ def audit() -> None:
 
 @audit.command("verify")
 @click.option("--state-dir", required=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--expect-head", metavar="SEQ:HASH",
+              help="A head recorded earlier (from GET /v1/audit/verify): the trail must reach it.")
 @click.argument("file", required=False, type=click.Path(path_type=Path, exists=True,
                 dir_okay=False))
-def audit_verify(state_dir: Path, file: Path | None) -> None:
+def audit_verify(state_dir: Path, expect_head: str | None, file: Path | None) -> None:
     """Verify a trail offline: exit 0 if intact, 1 naming the first bad entry if not."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
     from rich.progress import Progress
 
     from audit import verify_trail
@@ -309,16 +312,29 @@ def audit_verify(state_dir: Path, file: Path | None) -> None:
         err_console.print(f"[red]no audit key at {key_file}[/red]")
         sys.exit(2)
     key = bytes.fromhex(key_file.read_text().strip())
+    pub_file = state_dir / "keys" / "audit-checkpoint-key.pub.pem"
+    public_key = load_pem_public_key(pub_file.read_bytes()) if pub_file.exists() else None
+    head = None
+    if expect_head:
+        seq, _, digest = expect_head.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            err_console.print("[red]--expect-head takes SEQ:HASH (a 64-hex-digit hash)[/red]")
+            sys.exit(2)
+        head = (int(seq), digest)
     path = file or state_dir / "audit" / "trail.jsonl"
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("verifying", total=max(path.stat().st_size, 1))
-        result = verify_trail(path, key, lambda done, total: progress.update(task, completed=done))
+        result = verify_trail(path, key, lambda done, total: progress.update(task, completed=done),
+                              public_key=public_key, expect_head=head)
+    checked = (f"; signed head checkpoint at entry {result.checkpoint_seq}"
+               if result.checkpoint_seq else "; no head checkpoint found")
     if result.ok:
-        console.print(f"[green]intact[/green]: {result.entries} entries, head {result.head_hash}")
+        print(f"intact: {result.entries} entries, head {result.head_hash}{checked}")
         sys.exit(0)
-    kind = "torn last line" if result.torn_tail else "tampered"
-    console.print(f"[red]{kind}[/red]: line {result.first_bad_line} (seq {result.first_bad_seq}): "
-                  f"{result.reason}; {result.entries} entries verified before it")
+    kind = "torn last line" if result.torn_tail else "not intact"
+    where = f"line {result.first_bad_line} " if result.first_bad_line else ""
+    print(f"{kind}: {where}(seq {result.first_bad_seq}): {result.reason}; "
+          f"{result.entries} entries verified before it")
     sys.exit(1)
 
 

@@ -8,6 +8,7 @@ an entry is durable before anything is returned: if it cannot be written, nothin
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -22,7 +23,14 @@ from datasets import Catalogue
 from gateway.auth import TokenVerifier
 from gateway.disclosure.threshold import apply_threshold, check_outputs
 from gateway.engine import DuckDBEngine, RawResult
-from gateway.errors import AuditUnavailable, GatewayError, PolicyDenied, RegimeUnavailable
+from gateway.errors import (
+    AuditUnavailable,
+    GatewayError,
+    PolicyDenied,
+    RegimeUnavailable,
+    Unauthenticated,
+)
+from gateway.results import ResultStore
 from gateway.settings import Settings
 from gateway.sql.analysis import Analysis, analyse
 from gateway.sql.rewrite import Plan, rewrite
@@ -40,6 +48,10 @@ class QueryRequest:
     purpose: str
 
 
+class StateUnavailable(GatewayError):
+    status, code, decision = 503, "state_unavailable", "failed"
+
+
 class InternalError(GatewayError):
     """A defect in the gateway. Audited; the client gets no detail beyond the request id."""
 
@@ -49,7 +61,7 @@ class InternalError(GatewayError):
 class Pipeline:
     def __init__(
         self, settings: Settings, catalogue: Catalogue, policies: PolicySet,
-        engine: DuckDBEngine, verifier: TokenVerifier, trail: AuditTrail,
+        engine: DuckDBEngine, verifier: TokenVerifier, trail: AuditTrail, results: ResultStore,
     ) -> None:
         self.settings = settings
         self.catalogue = catalogue
@@ -57,6 +69,7 @@ class Pipeline:
         self.engine = engine
         self.verifier = verifier
         self.trail = trail
+        self.results = results
         self._analyse = lru_cache(maxsize=1024)(self._analyse_uncached)
 
     def today(self) -> date:
@@ -107,11 +120,21 @@ class Pipeline:
             "project": req.project, "purpose": req.purpose, "sql": req.sql,
             "sql_sha256": hashlib.sha256(req.sql.encode("utf-8", "replace")).hexdigest(),
         }
-        stage = "authenticate"
+        caller: Caller | None = None
+        auth_error: Unauthenticated | None = None
         try:
             caller = self.verifier.verify(req.authorization)
             record.update(subject=caller.sub, org=caller.org, org_type=caller.org_type,
                           roles=list(caller.roles))
+        except Unauthenticated as err:
+            auth_error = err
+        # Write-ahead: the request is on record before any work is done for it. If it cannot
+        # be written, nothing is done (AuditUnavailable, 503).
+        self.audit({**record, "event": "query_received"})
+        stage = "authenticate"
+        try:
+            if auth_error is not None:
+                raise auth_error
             stage = "analyse"
             analysis = self._analyse(req.sql)
             record.update(tables=sorted(analysis.tables), columns=_columns(analysis))
@@ -146,6 +169,10 @@ class Pipeline:
             body = self._control(plan, raw, decision)
         except GatewayError as err:
             self._close(record, started, err.decision, error=err)
+            try:
+                self._keep(req, caller, err.decision, err.body())
+            except StateUnavailable as keep_err:  # the refusal stands; it is audited
+                log.error("outcome_not_kept", request_id=req.request_id, error=keep_err.message)
             raise
         except Exception as exc:  # a defect: audit it, tell the client nothing of it
             log.exception("pipeline_defect", stage=stage, request_id=req.request_id)
@@ -158,12 +185,33 @@ class Pipeline:
                       cells_suppressed=[{"row": s["row"], "column": s["column"]}
                                         for s in body["disclosure"]["suppressed"]],
                       epsilon_spent=None)
-        entry = self._close(record, started, "released")
-        return {
+        response = {
             "query_id": req.request_id, "status": "released", **body,
             "policy": {"id": decision.policy_id, "legal_basis": decision.legal_basis},
-            "audit": {"seq": entry["seq"], "hash": entry["hash"]},
         }
+        # Keep the result first, then audit the release: if the entry cannot be written the
+        # kept result is withdrawn, so nothing is ever readable that the trail does not show.
+        try:
+            self._keep(req, caller, "released", response)
+        except StateUnavailable as err:
+            self._close(record, started, "failed", error=err)
+            raise
+        try:
+            entry = self._close(record, started, "released")
+        except AuditUnavailable:
+            self.results.delete(req.request_id)
+            raise
+        response["audit"] = {"seq": entry["seq"], "hash": entry["hash"]}
+        return response
+
+    def _keep(self, req: QueryRequest, caller: Caller | None, status: str,
+              body: dict[str, Any]) -> None:
+        try:
+            self.results.put(req.request_id, caller.sub if caller else None, req.project,
+                             status, body)
+        except sqlite3.Error as exc:
+            raise StateUnavailable("the result store cannot be written; nothing is released",
+                                   hint="operators: check the state directory's disk") from exc
 
     def _close(self, record: dict[str, Any], started: float, decision: str,
                error: GatewayError | None = None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,11 @@ class StateKeys:
     token_private_pem: bytes
     token_public_pem: bytes
     audit_key: bytes
+    checkpoint_key: ed25519.Ed25519PrivateKey
+
+    @property
+    def checkpoint_public_key(self) -> ed25519.Ed25519PublicKey:
+        return self.checkpoint_key.public_key()
 
 
 def ensure_state(state_dir: Path) -> StateKeys:
@@ -29,6 +34,7 @@ def ensure_state(state_dir: Path) -> StateKeys:
     private = keys / "token-signing-key.pem"
     public = keys / "token-signing-key.pub.pem"
     audit = keys / "audit-mac.key"
+    checkpoint = keys / "audit-checkpoint-key.pem"
     if not private.exists():
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         _write_secret(private, key.private_bytes(
@@ -40,10 +46,21 @@ def ensure_state(state_dir: Path) -> StateKeys:
         ))
     if not audit.exists():
         _write_secret(audit, secrets.token_hex(32).encode("ascii"))
+    if not checkpoint.exists():
+        key = ed25519.Ed25519PrivateKey.generate()
+        _write_secret(checkpoint, key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ))
+        # The public half is what IG staff keep to check head checkpoints.
+        (keys / "audit-checkpoint-key.pub.pem").write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo,
+        ))
     return StateKeys(
         token_private_pem=private.read_bytes(),
         token_public_pem=public.read_bytes(),
         audit_key=bytes.fromhex(audit.read_text().strip()),
+        checkpoint_key=serialization.load_pem_private_key(checkpoint.read_bytes(), None),
     )
 
 

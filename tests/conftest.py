@@ -96,10 +96,14 @@ class LiveServer:
         lines = self.settings.audit_path.read_text().splitlines()  # any reader's idea of a line
         return [json.loads(line) for line in lines]
 
-    def entry_for(self, response: httpx.Response) -> dict:
+    def entries_for(self, response: httpx.Response) -> list[dict]:
         rid = response.headers["x-request-id"]
-        matches = [e for e in self.audit_entries() if e.get("request_id") == rid]
-        assert len(matches) == 1, f"expected one audit entry for {rid}, found {len(matches)}"
+        return [e for e in self.audit_entries() if e.get("request_id") == rid]
+
+    def entry_for(self, response: httpx.Response) -> dict:
+        """The closing entry of a request (the one that says how it ended)."""
+        matches = [e for e in self.entries_for(response) if e["event"] != "query_received"]
+        assert len(matches) == 1, f"expected one closing entry, found {len(matches)}"
         return matches[0]
 
     def stop(self) -> None:

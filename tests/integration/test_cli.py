@@ -101,11 +101,13 @@ def test_serve_query_and_verify_end_to_end(served):
     assert denied.returncode == 1 and "403 policy_denied" in denied.stderr
     assert "permitted purposes" in denied.stderr
     verify = run("audit", "verify", "--state-dir", str(state))
-    assert verify.returncode == 0 and "intact: 2 entries" in verify.stdout
+    # two queries, each a write-ahead and a closing entry
+    assert verify.returncode == 0 and "intact: 4 entries" in verify.stdout, verify.stdout
+    assert "signed head checkpoint at entry 4" in verify.stdout
     trail = state / "audit" / "trail.jsonl"
     trail.write_text(trail.read_text().replace("marketing", "planning"))
     tampered = run("audit", "verify", "--state-dir", str(state))
-    assert tampered.returncode == 1 and "line 2" in tampered.stdout
+    assert tampered.returncode == 1 and "line 3" in tampered.stdout
 
 
 def test_serve_refuses_to_start_on_a_broken_policy(data_dir, tmp_path):

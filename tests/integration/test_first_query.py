@@ -269,8 +269,9 @@ def test_trail_verifies_after_a_mixed_session(fresh_server):
     s.query("p.jones", README_QUERY, "JOINT-PLANNING", "planning")
     s.query("p.jones", "SELECT * FROM patients", "JOINT-PLANNING", "planning")
     s.query(None, README_QUERY, "JOINT-PLANNING", "planning")
-    result = verify_trail(s.settings.audit_path, s.keys.audit_key)
-    assert result.ok and result.entries == 3
+    result = verify_trail(s.settings.audit_path, s.keys.audit_key,
+                          public_key=s.keys.checkpoint_public_key)
+    assert result.ok and result.entries == 6 and result.checkpoint_seq == 6
 
 
 def test_count_idioms_are_rounded_too(server, raw):

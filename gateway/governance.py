@@ -1,0 +1,77 @@
+"""What information governance staff do: search the trail, verify it, read past queries.
+
+Only the ``ig_auditor`` role may search or verify. A past query can be read by its submitter
+and by IG. Every one of these reads is itself audited: who looked at the record is part of the
+record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from audit import EventFilter, search, verify_trail
+from gateway.errors import Forbidden, GatewayError, Unauthenticated
+from gateway.pipeline import Pipeline
+from policies import Caller
+
+AUDITOR = "ig_auditor"
+
+
+class NotFound(GatewayError):
+    status, code, decision = 404, "not_found", "refused"
+
+
+class Governance:
+    def __init__(self, pipeline: Pipeline, audit_key: bytes, checkpoint_public_key) -> None:
+        self.pipeline = pipeline
+        self.audit_key = audit_key
+        self.public_key = checkpoint_public_key
+
+    def _access(self, request_id: str, authorization: str | None, action: str,
+                details: dict[str, Any], *, auditor_only: bool) -> Caller:
+        record: dict[str, Any] = {"event": action, "request_id": request_id, **details}
+        try:
+            caller = self.pipeline.verifier.verify(authorization)
+        except Unauthenticated as err:
+            self.pipeline.audit({**record, "decision": "refused", "error_code": err.code})
+            raise
+        record.update(subject=caller.sub, org=caller.org, roles=list(caller.roles))
+        if auditor_only and AUDITOR not in caller.roles:
+            err = Forbidden(f"{action.replace('_', ' ')} is for the {AUDITOR} role only",
+                            reasons=[{"rule": "role", "message": f"roles {list(caller.roles)}"}],
+                            hint="researchers and planners read their own queries at "
+                            "GET /v1/queries/{id}")
+            self.pipeline.audit({**record, "decision": "denied", "error_code": err.code})
+            raise err
+        self.pipeline.audit({**record, "decision": "permitted"})
+        return caller
+
+    def events(self, request_id: str, authorization: str | None, where: EventFilter,
+               after: int, limit: int) -> dict[str, Any]:
+        filters = {k: v for k, v in where.__dict__.items() if v is not None}
+        self._access(request_id, authorization, "audit_search",
+                     {"filters": filters, "after": after, "limit": limit}, auditor_only=True)
+        entries, next_after = search(self.pipeline.settings.audit_path, where,
+                                     after_seq=after, limit=limit)
+        return {"events": entries, "next_after": next_after, "count": len(entries)}
+
+    def verify(self, request_id: str, authorization: str | None) -> dict[str, Any]:
+        self._access(request_id, authorization, "audit_verify", {}, auditor_only=True)
+        result = verify_trail(self.pipeline.settings.audit_path, self.audit_key,
+                              public_key=self.public_key)
+        return {"intact": result.ok, "entries": result.entries, "head_hash": result.head_hash,
+                "checkpoint_seq": result.checkpoint_seq,
+                "first_bad": None if result.ok else {"line": result.first_bad_line,
+                                                     "seq": result.first_bad_seq,
+                                                     "reason": result.reason,
+                                                     "torn_tail": result.torn_tail}}
+
+    def query(self, request_id: str, authorization: str | None, query_id: str) -> dict[str, Any]:
+        caller = self._access(request_id, authorization, "query_read",
+                              {"query_id": query_id}, auditor_only=False)
+        kept = self.pipeline.results.get(query_id)
+        if kept is None or (AUDITOR not in caller.roles and kept["subject"] != caller.sub):
+            # the same answer whether it does not exist or is someone else's
+            raise NotFound(f"no query {query_id!r} that you may read")
+        return {"query_id": query_id, "status": kept["status"], "submitted_by": kept["subject"],
+                "project": kept["project"], "recorded": kept["created"], "result": kept["body"]}
