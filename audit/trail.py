@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audit.checkpoint import write_checkpoint
+from audit.checkpoint import read_checkpoint, write_checkpoint
 
 GENESIS_HASH = "0" * 64
 RESERVED = frozenset({"seq", "time", "prev_hash", "hash", "mac"})
@@ -117,6 +117,7 @@ class AuditTrail:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 seq, prev = _tail(fd)
+                self._check_head(seq, prev)
                 entry = {
                     "seq": seq + 1,
                     "time": datetime.now(UTC).isoformat(timespec="microseconds"),
@@ -143,6 +144,25 @@ class AuditTrail:
                 raise AuditWriteError(f"cannot write the audit trail: {exc}") from exc
             finally:
                 os.close(fd)  # closing releases the flock
+
+
+    def _check_head(self, seq: int, prev: str) -> None:
+        """Refuse to extend a trail that no longer reaches its own signed head.
+
+        Appending would sign a new head over the damage and hide a truncation or rollback, so
+        the writer stops instead: the gateway fails closed until the trail is investigated.
+        A head behind the trail is fine (a crash between the entry and its checkpoint).
+        """
+        if self._checkpoint_key is None:
+            return
+        cp = read_checkpoint(self.path, self._checkpoint_key.public_key())
+        if cp is None:
+            return
+        if cp.seq > seq or (cp.seq == seq and cp.hash != prev):
+            raise ValueError(
+                f"the trail ends at entry {seq} but its signed head is entry {cp.seq}: it has "
+                "been truncated or rolled back; appends are refused until it is investigated"
+            )
 
 
 def _write_all(fd: int, data: bytes) -> None:
