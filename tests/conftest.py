@@ -106,6 +106,10 @@ class LiveServer:
         assert len(matches) == 1, f"expected one closing entry, found {len(matches)}"
         return matches[0]
 
+    def pipeline_results(self):
+        """The server's store of kept results (to check what could be read back)."""
+        return self.app.state.pipeline.results
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
