@@ -71,8 +71,8 @@ def search(path: Path, where: EventFilter, *, after_seq: int = 0, limit: int = 1
 
 
 CSV_FIELDS = ["seq", "time", "event", "request_id", "subject", "org", "org_type", "project",
-              "purpose", "policy_id", "legal_basis", "datasets", "tables", "decision",
-              "error_code", "rows_released", "sql_sha256", "hash"]
+              "purpose", "policy_id", "legal_basis", "residents_of", "datasets", "tables",
+              "decision", "error_code", "rows_released", "sql_sha256", "hash"]
 
 
 def to_csv(entries: list[dict[str, Any]]) -> str:
@@ -83,6 +83,9 @@ def to_csv(entries: list[dict[str, Any]]) -> str:
         row = dict(e)
         basis = row.get("legal_basis")
         row["legal_basis"] = basis.get("reference") if isinstance(basis, dict) else basis
+        residents = (row.get("obligations") or {}).get("residents_of")
+        row["residents_of"] = (f"{residents['by']} in {' '.join(residents['values'])}"
+                               if residents else "")
         for key in ("datasets", "tables"):
             if isinstance(row.get(key), list):
                 row[key] = ";".join(row[key])

@@ -152,6 +152,7 @@ class Pipeline:
                 )
             output = decision.obligations.output
             record["regime"] = output.regime
+            record["obligations"] = _obligations(decision)
             if output.regime != "threshold":
                 raise RegimeUnavailable(
                     f"the {output.regime!r} output regime of policy {decision.policy_id!r} is "
@@ -234,6 +235,18 @@ class Pipeline:
         log.info("audited", seq=entry["seq"], decision=record.get("decision"),
                  kind=record.get("event"), subject=record.get("subject"))
         return entry
+
+
+def _obligations(decision: Decision) -> dict[str, Any]:
+    """Which people the query could see: what IG staff search on ("Suffolk residents")."""
+    o = decision.obligations
+    residence = None
+    if o.residence is not None:
+        r = o.residence
+        where = f"{r.lookup_table}.{r.column}" if r.lookup_table else f"{r.person_table}.{r.column}"
+        residence = {"by": where, "values": list(r.values)}
+    return {"residents_of": residence, "opt_out_removed": o.remove_opted_out,
+            "consent_study": o.consent.study_id if o.consent else None}
 
 
 def _columns(analysis: Analysis) -> list[dict[str, Any]]:

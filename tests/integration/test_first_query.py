@@ -84,6 +84,9 @@ def test_readme_query_is_audited_with_the_facts(server):
     assert entry["rows_released"] == len(resp.json()["rows"])
     assert resp.json()["audit"] == {"seq": entry["seq"], "hash": entry["hash"]}
     assert "opt_outs" in entry["executed_sql"] and NORFOLK in entry["executed_sql"]
+    assert entry["obligations"] == {
+        "residents_of": {"by": "patients.local_authority_code", "values": [NORFOLK]},
+        "opt_out_removed": True, "consent_study": None}
     # the trail never holds released values
     for row in resp.json()["rows"]:
         for value in row[1:]:
