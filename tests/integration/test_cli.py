@@ -119,3 +119,41 @@ def test_serve_refuses_to_start_on_a_broken_policy(data_dir, tmp_path):
                  "--policies", str(bad), "--port", str(free_port()))
     assert result.returncode == 2
     assert "outbreak-control-reg3.toml" in result.stderr and "regulation 3" in result.stderr
+
+
+def test_demo_makes_data_prints_a_token_per_user_and_serves(tmp_path, catalogue):
+    from policies.loader import load_demo_users
+
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "demo", "--persons", "2000", "--port", str(port), "--dir",
+                             str(tmp_path / "demo")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, "demo did not start"
+            time.sleep(0.3)
+        data = tmp_path / "demo" / "data-2000"
+        assert {p.stem for p in data.glob("*.parquet")} == set(catalogue.tables)
+        env_file = tmp_path / "demo" / "state" / "demo-tokens.env"
+        tokens = dict(line.removeprefix("export ").split("=", 1)
+                      for line in env_file.read_text().splitlines())
+        assert set(tokens) == {"TOKEN_" + u.sub.upper().replace(".", "_")
+                               for u in load_demo_users()}
+        resp = httpx.post(f"{url}/v1/queries",
+                          headers={"Authorization": f"Bearer {tokens['TOKEN_P_JONES'].strip(chr(39))}"},
+                          json={"project": "JOINT-PLANNING", "purpose": "planning",
+                                "sql": "SELECT sex, COUNT(DISTINCT person_id) FROM patients "
+                                       "GROUP BY sex"}, timeout=30)
+        assert resp.status_code == 200, resp.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert out.count("export TOKEN_") == len(load_demo_users())
