@@ -56,6 +56,9 @@ ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset({
     exp.DateFromParts, exp.TimeToStr,
     # aggregates (further restricted below)
     exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max,
+    # UNION [ALL] of selects; windows only inside a person (restricted below)
+    exp.Union, exp.Window, exp.WindowSpec, exp.RowNumber, exp.Rank, exp.DenseRank, exp.Lag,
+    exp.Lead,
 })
 #: Functions sqlglot leaves as Anonymous that are allowed, by lower-case name.
 ALLOWED_ANONYMOUS = frozenset({"date_part", "datepart"})
@@ -64,7 +67,7 @@ ALLOWED_ANONYMOUS = frozenset({"date_part", "datepart"})
 @dataclass(frozen=True)
 class OutputColumn:
     name: str
-    kind: str  # "group_key" | "aggregate"
+    kind: str  # "group_key" | "constant" | "aggregate"
     #: for aggregates: "count" (COUNT, or SUM over a non-measure: a count of cases),
     #: "measure" (SUM or AVG of a measure column), or "composite" (any other expression of
     #: aggregates, such as a ratio). Each regime decides what it can release of each shape.
@@ -80,7 +83,7 @@ class Analysis:
     """What a query touches, clause by clause, and its checked, qualified tree."""
 
     sql: str
-    tree: exp.Select  # qualified; treat as read-only (the rewrite works on a copy)
+    tree: exp.Select | exp.Union  # qualified; read-only (the rewrite works on a copy)
     tables: frozenset[str]
     columns: tuple[ColumnUse, ...]
     outputs: tuple[OutputColumn, ...]
@@ -99,10 +102,11 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
             hint="remove the semicolon-separated extra statements",
         )
     tree = statements[0]
-    if not isinstance(tree, exp.Select):
+    if not isinstance(tree, exp.Select | exp.Union):
         kind = type(tree).__name__.upper()
         raise SqlRejected(f"only a SELECT is allowed, not {kind}",
-                          hint="the gateway answers read-only aggregate queries")
+                          hint="the gateway answers read-only aggregate queries; UNION [ALL] "
+                          "of aggregate selects is allowed")
     _check_depth(tree, max_depth)
     _check_nodes(tree)
     ctes = _check_tables(tree, catalogue)
@@ -117,11 +121,61 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
                           hint="check table and column names against GET /v1/catalogue") from None
     except SqlglotError as exc:
         raise SqlRejected(f"cannot analyse the query: {exc}") from None
-    if not isinstance(qualified, exp.Select):
+    if not isinstance(qualified, exp.Select | exp.Union):
         raise SqlRejected("only a SELECT is allowed")
-    columns, tables = _resolve(qualified, catalogue, ctes)
-    outputs = _check_outer(qualified, original, catalogue)
+    outers = outer_selects(qualified)
+    columns, tables = _resolve(qualified, catalogue, ctes, outers)
+    outputs = _combine([_check_outer(q, o, catalogue)
+                        for q, o in zip(outers, outer_selects(original), strict=True)])
+    _check_union_order(qualified, outers)
     return Analysis(sql, qualified, frozenset(tables), tuple(columns), outputs)
+
+
+def _is_in(node: exp.Expression, nodes) -> bool:
+    """Membership by identity: sqlglot's == compares structure, and two selects can look alike."""
+    return any(node is n for n in nodes)
+
+
+def outer_selects(tree: exp.Expression) -> list[exp.Select]:
+    """The selects whose rows are the released table: the root, or each branch of a root UNION."""
+    if isinstance(tree, exp.Union):
+        return outer_selects(tree.this) + outer_selects(tree.expression)
+    if isinstance(tree, exp.Subquery):
+        return outer_selects(tree.this)
+    if isinstance(tree, exp.Select):
+        return [tree]
+    raise SqlRejected(f"{type(tree).__name__} cannot be a branch of the outer query")
+
+
+def _combine(branches: list[tuple[OutputColumn, ...]]) -> tuple[OutputColumn, ...]:
+    """One description of the released columns from every branch of a UNION."""
+    first = branches[0]
+    for b in branches[1:]:
+        if len(b) != len(first):
+            raise SqlRejected("every branch of a UNION must have the same number of columns")
+    combined = []
+    for i, col in enumerate(first):
+        kinds = {b[i].kind for b in branches}
+        if "aggregate" in kinds and kinds != {"aggregate"}:
+            raise SqlRejected(f"column {i + 1} is an aggregate in one UNION branch and not in "
+                              "another", hint="line up group keys and aggregates in every branch")
+        shapes = {b[i].shape for b in branches}
+        shape = shapes.pop() if len(shapes) == 1 else "composite"
+        kind = "aggregate" if kinds == {"aggregate"} else (
+            "constant" if kinds == {"constant"} else "group_key")
+        combined.append(OutputColumn(col.name, kind, shape if kind == "aggregate" else ""))
+    return tuple(combined)
+
+
+def _check_union_order(tree: exp.Expression, outers: list[exp.Select]) -> None:
+    if not isinstance(tree, exp.Union):
+        return
+    order = tree.args.get("order")
+    for ordered in order.expressions if order else []:
+        if any(_names_aggregate(ordered, branch) for branch in outers):
+            raise SqlRejected("ORDER BY an aggregate is not allowed on the outer query: the "
+                              "order would rank suppressed cells",
+                              hint="order by group keys, or sort the released table yourself")
 
 
 def _parse(sql: str) -> list[exp.Expression]:
@@ -154,7 +208,8 @@ def _check_depth(tree: exp.Expression, max_depth: int) -> None:
         stack.extend((child, depth + 1) for child in node.iter_expressions())
 
 
-def _check_nodes(tree: exp.Select) -> None:
+def _check_nodes(tree: exp.Select | exp.Union) -> None:
+    outers = outer_selects(tree)
     for node in tree.walk():
         typ = type(node)
         if typ in LEAKY and typ not in PER_PERSON_AGGREGATES:
@@ -175,9 +230,12 @@ def _check_nodes(tree: exp.Select) -> None:
         if typ is exp.Star and not isinstance(node.parent, exp.Count):
             raise SqlRejected("SELECT * is not allowed: name the columns you need",
                               hint="GET /v1/catalogue lists the columns your project may use")
-        if typ is exp.Select and node.args.get("distinct") and node is tree:
+        if typ is exp.Select and node.args.get("distinct") and _is_in(node, outers):
             raise SqlRejected("SELECT DISTINCT on the outer query returns row-level values",
                               hint="use GROUP BY with COUNT(...)")
+        if typ is exp.Union and (node.args.get("by_name") or node.args.get("side")
+                                 or node.args.get("kind")):
+            raise SqlRejected("UNION BY NAME and outer or keyed unions are not allowed")
         if typ is exp.Join:
             _check_join(node)
         if typ is exp.Select and any(node.args.get(k) for k in ("into", "locks", "sample")):
@@ -247,18 +305,22 @@ def _clause(col: exp.Column) -> str:
 
 
 def _resolve(
-    tree: exp.Select, catalogue: Catalogue, ctes: set[str]
+    tree: exp.Select | exp.Union, catalogue: Catalogue, ctes: set[str],
+    outers: list[exp.Select],
 ) -> tuple[list[ColumnUse], set[str]]:
     """Every column to its source table, and the person-key and measure rules."""
     uses: list[ColumnUse] = []
     tables: set[str] = set()
     for scope in traverse_scope(tree):
+        if isinstance(scope.expression, exp.Union):
+            continue  # its branches are scopes of their own
         if not isinstance(scope.expression, exp.Select):
-            raise SqlRejected("set operations (UNION, INTERSECT, EXCEPT) are not supported yet")
+            raise SqlRejected(f"{type(scope.expression).__name__} is not allowed")
         for source in scope.sources.values():
             if isinstance(source, exp.Table):
                 tables.add(source.name.lower())
-        _check_per_person_aggregates(scope, tree, catalogue)
+        _check_per_person_aggregates(scope, outers, catalogue)
+        _check_windows(scope, outers, catalogue)
         for col in scope.columns:
             source = scope.sources.get(col.table)
             if isinstance(source, exp.Table):
@@ -274,9 +336,9 @@ def _resolve(
                         hint="use year_of_birth for age, lsoa_code for area",
                     )
             if is_person_key(col, scope, catalogue):
-                _check_person_key_use(col, scope, tree)
-        if scope.expression is tree:
-            _check_group_keys(tree, scope, catalogue)
+                _check_person_key_use(col, scope, outers)
+        if _is_in(scope.expression, outers):
+            _check_group_keys(scope.expression, scope, catalogue)
     return uses, tables
 
 
@@ -323,7 +385,7 @@ def is_person_key(col: exp.Column, scope: Scope, catalogue: Catalogue) -> bool:
     return bool(origin and origin[1].cls is ColumnClass.PERSON_KEY)
 
 
-def _check_person_key_use(col: exp.Column, scope: Scope, root: exp.Select) -> None:
+def _check_person_key_use(col: exp.Column, scope: Scope, outers: list[exp.Select]) -> None:
     """The person key joins and counts; it never leaves, groups, or meets a literal."""
     parent = col.parent
     while isinstance(parent, exp.Paren):
@@ -346,7 +408,9 @@ def _check_person_key_use(col: exp.Column, scope: Scope, root: exp.Select) -> No
         return
     if isinstance(parent, exp.Is) and isinstance(parent.expression, exp.Null):
         return  # IS [NOT] NULL: whether a join matched, never a value
-    if select is not root and _is_source_select(select):
+    if isinstance(parent, exp.Window) and _is_in(col, parent.args.get("partition_by") or []):
+        return  # a window within each person
+    if not _is_in(select, outers) and _is_source_select(select):
         if parent is select or (isinstance(parent, exp.Alias) and parent.parent is select):
             return  # a per-person or joinable derived table exposes the key for joining
         if isinstance(parent, exp.Group):
@@ -376,12 +440,33 @@ def _groups_by_person(select: exp.Select, scope: Scope, catalogue: Catalogue) ->
                for g in group.expressions)
 
 
-def _check_per_person_aggregates(scope: Scope, root: exp.Select, catalogue: Catalogue) -> None:
+def _check_windows(scope: Scope, outers: list[exp.Select], catalogue: Catalogue) -> None:
+    """Windows compute within each person (PARTITION BY the person key), never across people,
+    and never in the outer query, whose rows are released."""
+    select = scope.expression
+    for window in select.find_all(exp.Window):
+        if window.find_ancestor(exp.Select) is not select:
+            continue
+        if _is_in(select, outers):
+            raise SqlRejected("a window function (OVER ...) is not allowed in the outer query",
+                              hint="use windows inside a subquery, partitioned by person_id")
+        parts = window.args.get("partition_by") or []
+        if not any(isinstance(p, exp.Column) and is_person_key(p, scope, catalogue)
+                   for p in parts):
+            raise SqlRejected("a window must be partitioned by the person key "
+                              "(OVER (PARTITION BY person_id ...)): across people it would "
+                              "copy one person's values onto another's rows",
+                              hint="PARTITION BY person_id, e.g. to find each person's first "
+                              "admission or their previous one")
+
+
+def _check_per_person_aggregates(scope: Scope, outers: list[exp.Select],
+                                 catalogue: Catalogue) -> None:
     select = scope.expression
     for agg in select.find_all(*PER_PERSON_AGGREGATES):
-        if agg.find_ancestor(exp.Select) is not select:
-            continue
-        if select is root or not _groups_by_person(select, scope, catalogue):
+        if agg.find_ancestor(exp.Select) is not select or isinstance(agg.parent, exp.Window):
+            continue  # windowed aggregates are checked as windows
+        if _is_in(select, outers) or not _groups_by_person(select, scope, catalogue):
             raise SqlRejected(
                 f"{agg.sql_name().lower()}() is allowed only inside a per-person subquery "
                 "(one that groups by person_id): elsewhere it can copy one person's value out",
@@ -476,6 +561,9 @@ def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
         if inner.sql() in keys or (group_all and not aggs):
             outputs.append(OutputColumn(name, "group_key"))
             continue
+        if not aggs and not inner.find(exp.Column):
+            outputs.append(OutputColumn(name, "constant"))  # a label such as 'Total'
+            continue
         units = [a.parent if isinstance(a.parent, exp.Filter) else a for a in aggs]
         bare = [c for c in inner.find_all(exp.Column)
                 if not _inside_any(c, units) and c.find_ancestor(exp.Select) is tree]
@@ -487,7 +575,7 @@ def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
         any_agg = True
         outputs.append(OutputColumn(name, "aggregate", _shape(inner, scope, catalogue)))
     if not any_agg:
-        raise SqlRejected("the query has no aggregate: the gateway releases aggregate tables only",
+        raise SqlRejected("the query (or a branch of its UNION) has no aggregate: the gateway releases aggregate tables only",
                           hint="add COUNT(DISTINCT person_id) or another aggregate")
     for key in (group.expressions if group else []):
         if _aggregates_of(key, tree):

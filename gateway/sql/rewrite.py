@@ -20,7 +20,7 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 from datasets import Catalogue, TableKind
 from datasets.catalogue import NEVER_QUERYABLE
 from gateway.errors import SqlRejected
-from gateway.sql.analysis import DIALECT, Analysis, OutputColumn, is_person_key
+from gateway.sql.analysis import DIALECT, Analysis, OutputColumn, is_person_key, outer_selects
 from policies import ConsentCohort, Obligations, ResidenceFilter
 
 HIDDEN_PREFIX = "__sdc_people_"
@@ -45,18 +45,24 @@ def rewrite(
         for name in analysis.tables
     )
     people_index: list[int | None] = [None] * len(analysis.outputs)
+    aggregates = [i for i, o in enumerate(analysis.outputs) if o.kind == "aggregate"]
+    for n, i in enumerate(aggregates):
+        people_index[i] = len(analysis.outputs) + n
     if person_level:
-        root = _root_scope(tree)
-        rowpid = _row_person(root, catalogue)
-        hidden = []
-        for i, (proj, out) in enumerate(zip(tree.expressions, analysis.outputs, strict=True)):
-            if out.kind != "aggregate":
-                continue
-            people_index[i] = len(analysis.outputs) + len(hidden)
-            hidden.append(exp.alias_(_people_behind(proj.unalias(), tree, rowpid, root,
-                                                    catalogue), f"{HIDDEN_PREFIX}{i}"))
-        for h in hidden:
-            tree.append("expressions", h)
+        scopes = {id(s.expression): s for s in traverse_scope(tree)}
+        for branch in outer_selects(tree):
+            # every branch gets the same hidden columns, so that a UNION lines up
+            scope = scopes[id(branch)]
+            rowpid = _row_person(scope, catalogue)
+            hidden = []
+            for i in aggregates:
+                proj = branch.expressions[i].unalias()
+                hidden.append(exp.alias_(_people_behind(proj, branch, rowpid, scope, catalogue),
+                                         f"{HIDDEN_PREFIX}{i}"))
+            for h in hidden:
+                branch.append("expressions", h)
+    else:
+        people_index = [None] * len(analysis.outputs)
     _filter_scans(tree, obligations, catalogue)
     limit = tree.args.get("limit")
     current = limit.expression if limit else None
@@ -64,10 +70,6 @@ def rewrite(
         tree.set("limit", exp.Limit(expression=exp.Literal.number(row_cap + 1)))
     return Plan(tree.sql(dialect=DIALECT), analysis.outputs, tuple(people_index), person_level,
                 row_cap)
-
-
-def _root_scope(tree: exp.Select) -> Scope:
-    return next(s for s in traverse_scope(tree) if s.expression is tree)
 
 
 def _row_person(scope: Scope, catalogue: Catalogue) -> exp.Expression:

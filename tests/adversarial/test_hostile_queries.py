@@ -128,8 +128,19 @@ HOSTILE: dict[str, list[str]] = {
         "WHERE e.person_id = p.person_id AND e.person_id > 5)",
     ],
     "row-filter bypass": [
-        "SELECT count(*) FROM patients p WHERE p.local_authority_code = 'E10000029' "
-        "UNION ALL SELECT count(*) FROM patients",
+        "SELECT count(*) FROM patients INTERSECT SELECT count(*) FROM gp_events",
+        "SELECT count(*) FROM patients EXCEPT SELECT count(*) FROM gp_events",
+        "SELECT count(*) FROM patients UNION BY NAME SELECT count(*) FROM gp_events",
+        "SELECT count(*) FROM patients UNION ALL SELECT count(*) FROM opt_outs",
+        "SELECT count(*) FROM patients UNION ALL SELECT count(*) FROM read_csv('/etc/passwd')",
+        "SELECT sex, count(*) FROM patients GROUP BY sex UNION ALL SELECT sex, year_of_birth "
+        "FROM patients",
+        "SELECT sex, count(*) FROM patients GROUP BY sex UNION ALL SELECT count(*), sex "
+        "FROM patients GROUP BY sex",
+        "SELECT count(*) FROM (SELECT person_id FROM patients UNION ALL SELECT person_id "
+        "FROM opt_outs) t",
+        "WITH x AS (SELECT person_id FROM gp_events UNION SELECT 42) SELECT count(*) FROM x",
+        "SELECT count(*) FROM patients UNION ALL SELECT person_id FROM patients",
         "WITH patients AS (SELECT 1 AS person_id) SELECT count(*) FROM patients",
         "SELECT count(*) FROM (SELECT count(*) AS n FROM patients GROUP BY sex) t",
         "SELECT count(*) FROM lateral (SELECT 1) t",
@@ -156,6 +167,21 @@ HOSTILE: dict[str, list[str]] = {
         "SELECT lsoa_code, COUNT(*) FROM patients GROUP BY lsoa_code ORDER BY 2",
         "SELECT sex, COUNT(*) - COUNT(*) FILTER (WHERE year_of_birth > 1940) FROM patients "
         "GROUP BY sex",
+    ],
+    "windows": [
+        "SELECT sex, count(*) OVER (PARTITION BY sex) FROM patients",
+        "SELECT count(*) FROM (SELECT person_id, lag(year_of_birth) OVER (ORDER BY person_id) "
+        "AS y FROM patients) t WHERE t.y = 1950",
+        "SELECT t.prev, count(*) FROM (SELECT person_id, lag(lsoa_code) OVER (PARTITION BY sex "
+        "ORDER BY year_of_birth) AS prev FROM patients) t GROUP BY t.prev",
+        "SELECT t.r, count(*) FROM (SELECT person_id, rank() OVER (ORDER BY year_of_birth) AS r "
+        "FROM patients) t GROUP BY t.r",
+        "SELECT count(*) FROM (SELECT person_id, first_value(lsoa_code) OVER (PARTITION BY "
+        "person_id) AS f FROM patients) t",
+        "SELECT count(*) FROM (SELECT person_id, max(year_of_birth) OVER () AS m FROM patients) t",
+        "SELECT count(*) FROM (SELECT person_id, ntile(10) OVER (PARTITION BY person_id) AS n "
+        "FROM patients) t",
+        "SELECT sex, count(*) FROM patients GROUP BY sex QUALIFY count(*) > 5",
     ],
     "resource exhaustion": [
         "SELECT count(*) FROM patients WHERE " + " AND ".join(["(1 = 1"] * 80) + ")" * 80,
@@ -185,7 +211,7 @@ CASES = [(family, sql) for family, items in HOSTILE.items() for sql in items]
 
 
 def test_there_are_enough_hostile_queries():
-    assert len(CASES) >= 130
+    assert len(CASES) >= 150
 
 
 @pytest.mark.parametrize(("family", "sql"), CASES,

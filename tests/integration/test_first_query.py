@@ -309,3 +309,19 @@ def test_sums_of_measures_are_released_with_people_behind_them(server, raw):
         s, a, n = truth[method]
         assert bed_days == (None if 0 < n < 8 else s)
         assert mean_stay == pytest.approx(a)
+
+
+def test_union_of_aggregates_with_a_total_row_is_filtered_in_every_branch(server, raw):
+    sql = ("SELECT p.sex AS sex, COUNT(DISTINCT p.person_id) AS people FROM patients p "
+           "GROUP BY p.sex UNION ALL SELECT 'Total', COUNT(DISTINCT p.person_id) FROM patients p "
+           "UNION ALL SELECT 'Suffolk', COUNT(DISTINCT p.person_id) FROM patients p "
+           "WHERE p.local_authority_code = 'E10000029' ORDER BY sex")
+    resp = server.query("p.jones", sql, "JOINT-PLANNING", "planning")
+    assert resp.status_code == 200, resp.text
+    truth = dict(raw.execute(
+        "SELECT sex, count(*) FROM patients WHERE local_authority_code = ? AND person_id NOT IN "
+        "(SELECT person_id FROM opt_outs) GROUP BY sex", [NORFOLK]).fetchall())
+    rows = dict(resp.json()["rows"])
+    assert rows["F"] == expected_cell(truth["F"]) and rows["M"] == expected_cell(truth["M"])
+    assert rows["Total"] == expected_cell(truth["F"] + truth["M"])
+    assert rows["Suffolk"] == 0, "a Norfolk planner sees no Suffolk residents in any branch"
