@@ -474,6 +474,17 @@ def _check_per_person_aggregates(scope: Scope, outers: list[exp.Select],
             )
 
 
+def _in_filter_condition(node: exp.Expression, top: exp.Expression) -> bool:
+    """Whether a node sits in the WHERE of an aggregate's FILTER clause: it selects rows that
+    feed the aggregate (and the same rows feed its people count), it adds no value of its own."""
+    child, parent = node, node.parent
+    while parent is not None and child is not top:
+        if isinstance(parent, exp.Filter) and child is parent.expression:
+            return True
+        child, parent = parent, parent.parent
+    return False
+
+
 def _names_aggregate(ordered: exp.Expression, tree: exp.Select) -> bool:
     """Whether an ORDER BY term refers (by alias or position) to an aggregate output column."""
     term = ordered.this if isinstance(ordered, exp.Ordered) else ordered
@@ -552,10 +563,12 @@ def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
     any_agg = False
     for i, proj in enumerate(tree.expressions):
         inner = proj.unalias()
-        if inner.find(exp.Select):
-            raise SqlRejected(
-                "a subquery inside an output column is not allowed: its people would not be "
-                "counted behind the cell", hint="join the subquery in FROM instead")
+        for sub in inner.find_all(exp.Select):
+            if not _in_filter_condition(sub, inner):
+                raise SqlRejected(
+                    "a subquery inside an output column is not allowed: its people would not "
+                    "be counted behind the cell", hint="join the subquery in FROM instead; a "
+                    "subquery may select rows in COUNT(...) FILTER (WHERE ...)")
         aggs = _aggregates_of(inner, tree)
         name = _output_name(originals[i] if i < len(originals) else proj, i)
         if inner.sql() in keys or (group_all and not aggs):

@@ -75,6 +75,9 @@ HOSTILE: dict[str, list[str]] = {
         "SELECT COLUMNS('.*') FROM patients",
         "SELECT count(*) FROM patients UNION ALL SELECT year_of_birth FROM patients",
         "SELECT (SELECT year_of_birth FROM patients LIMIT 1) AS y, count(*) FROM patients",
+        "SELECT count(*) + (SELECT count(*) FROM patients WHERE year_of_birth = 1920) "
+        "FROM patients",
+        "SELECT count(*) FILTER (WHERE sex = 'F') + (SELECT count(*) FROM deaths) FROM patients",
     ],
     "leaky aggregates": [
         "SELECT list(person_id) FROM patients",
