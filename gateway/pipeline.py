@@ -21,7 +21,7 @@ import structlog
 from audit import AuditTrail, AuditWriteError
 from datasets import Catalogue
 from gateway.auth import TokenVerifier
-from gateway.disclosure.threshold import apply_threshold, check_outputs
+from gateway.disclosure.threshold import Dominance, apply_threshold, check_outputs
 from gateway.engine import DuckDBEngine, RawResult
 from gateway.errors import (
     AuditUnavailable,
@@ -86,7 +86,8 @@ class Pipeline:
                       tables=analysis.tables, columns=analysis.columns, today=self.today())
         return decide(facts, self.policies, self.catalogue)
 
-    def _control(self, plan: Plan, raw: RawResult, decision: Decision) -> dict[str, Any]:
+    def _control(self, plan: Plan, raw: RawResult, decision: Decision,
+                 contributions: RawResult | None = None) -> dict[str, Any]:
         output = decision.obligations.output
         width = len(plan.outputs)
         rows = [[_json_value(v) for v in row[:width]] for row in raw.rows]
@@ -98,13 +99,17 @@ class Pipeline:
             return {"columns": names, "rows": rows, "disclosure": disclosure}
         people = [[row[i] if i is not None else None for i in plan.people_index]
                   for row in raw.rows]
+        dominance = Dominance(output.nk_n, output.nk_k, output.p_ratio)
         controlled = apply_threshold(
             rows, names, [o.kind for o in plan.outputs], [o.is_count for o in plan.outputs],
             people, min_people=output.min_people, rounding_base=output.rounding_base,
+            contributions=_match_contributions(plan, raw, contributions), dominance=dominance,
         )
         disclosure.update(
             min_people=output.min_people,
             rounding_base=output.rounding_base,
+            dominance={"nk_n": dominance.nk_n, "nk_k": dominance.nk_k,
+                       "p_ratio": dominance.p_ratio},
             suppressed=[{"row": s.row, "column": s.column, "rule": s.rule}
                         for s in controlled.suppressed],
             rounded_columns=list(controlled.rounded_columns),
@@ -166,8 +171,14 @@ class Pipeline:
             stage = "execute"
             raw = self.engine.execute(plan.sql, timeout_s=self.settings.query_timeout_s,
                                       row_cap=self.settings.row_cap)
+            contributions = None
+            if plan.contributions is not None:
+                record["contributions_sql"] = plan.contributions.sql
+                contributions = self.engine.execute(
+                    plan.contributions.sql, timeout_s=self.settings.query_timeout_s,
+                    row_cap=self.settings.row_cap)
             stage = "control"
-            body = self._control(plan, raw, decision)
+            body = self._control(plan, raw, decision, contributions)
         except GatewayError as err:
             self._close(record, started, err.decision, error=err)
             try:
@@ -235,6 +246,29 @@ class Pipeline:
         log.info("audited", seq=entry["seq"], decision=record.get("decision"),
                  kind=record.get("event"), subject=record.get("subject"))
         return entry
+
+
+def _match_contributions(plan: Plan, raw: RawResult, result: RawResult | None):
+    """Per released row, the contributions behind each SUM/AVG-of-measure cell (by group keys).
+
+    A row without a match gets None for its cells, which the dominance rule treats as
+    dominated: unknown contributions are never assumed safe.
+    """
+    if plan.contributions is None or result is None:
+        return None
+    c = plan.contributions
+    nkeys = len(c.key_columns)
+    by_key = {}
+    for row in result.rows:
+        by_key[tuple(row[:nkeys])] = {
+            col: (row[nkeys + 2 * m] or [], row[nkeys + 2 * m + 1])
+            for m, col in enumerate(c.measure_columns)
+        }
+    matched = []
+    for row in raw.rows:
+        key = tuple(row[i] for i in c.key_columns)
+        matched.append(by_key.get(key, dict.fromkeys(c.measure_columns)))
+    return matched
 
 
 def _obligations(decision: Decision) -> dict[str, Any]:

@@ -162,6 +162,10 @@ class Output(Strict):
     regime: Literal["threshold", "cell_key", "dp"]
     min_people: int = Field(default=10, ge=2, description="Threshold: release cells of at least this many people.")
     rounding_base: int = Field(default=5, ge=1, le=1000)
+    # Dominance rules for SUM/AVG of measures, on per-person totals (ACRO's defaults).
+    nk_n: int = Field(default=2, ge=1, le=5, description="NK rule: the n largest contributors...")
+    nk_k: float = Field(default=0.9, gt=0, le=1, description="...may not hold more than k of the total.")
+    p_ratio: float = Field(default=0.1, ge=0, le=1, description="p% rule: the rest must be at least p of the largest.")
     epsilon_budget: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")

@@ -52,6 +52,36 @@ def round_to_base(value: int | float, base: int) -> int:
     return int(base * math.floor(value / base + 0.5))
 
 
+#: per cell of a SUM/AVG of a measure: the largest per-person totals, and the total
+Contribution = tuple[list[float], float]
+
+
+@dataclass(frozen=True)
+class Dominance:
+    """ACRO's defaults: NK with n=2, k=90%; p% with p=10%."""
+
+    nk_n: int = 2
+    nk_k: float = 0.9
+    p_ratio: float = 0.1
+
+    def verdict(self, contribution: Contribution | None) -> str | None:
+        """Why a cell is dominated, or None if it is not."""
+        if contribution is None:
+            return "dominance: the contributions behind the cell are unknown"
+        top, total = contribution
+        top = sorted((abs(v) for v in top if v is not None), reverse=True)
+        if not top or not total or total <= 0:
+            return None
+        if sum(top[: self.nk_n]) > self.nk_k * total:
+            return (f"dominance (NK): the largest {self.nk_n} contributors hold more than "
+                    f"{self.nk_k:.0%} of the total")
+        rest = total - sum(top[:2])
+        if rest < self.p_ratio * top[0]:
+            return (f"dominance (p%): the rest of the total is under {self.p_ratio:.0%} of the "
+                    "largest contribution")
+        return None
+
+
 def apply_threshold(
     rows: list[list[Any]],
     columns: list[str],
@@ -61,13 +91,17 @@ def apply_threshold(
     *,
     min_people: int,
     rounding_base: int,
+    contributions: list[dict[int, Contribution | None]] | None = None,
+    dominance: Dominance | None = None,
 ) -> Controlled:
     """``people[r][c]`` is the number of distinct people behind cell (r, c), None for keys.
 
     A cell behind which 1 to ``min_people - 1`` people lie is suppressed (None). A cell with
     nobody behind it is a true zero for a count and is released; for a sum or average it has no
-    value (null) and is released as such.
+    value (null) and is released as such. ``contributions[r][c]``, for SUM/AVG-of-measure cells,
+    holds the largest per-person totals and the total: a dominated cell is suppressed.
     """
+    dominance = dominance or Dominance()
     out: list[list[Any]] = []
     suppressed: list[SuppressedCell] = []
     for r, row in enumerate(rows):
@@ -83,7 +117,14 @@ def apply_threshold(
                 suppressed.append(
                     SuppressedCell(r, columns[c], f"small_cell: fewer than {min_people} people")
                 )
-            elif is_count[c] and new[c] is not None:
+                continue
+            if contributions is not None and c in contributions[r] and n > 0:
+                why = dominance.verdict(contributions[r][c])
+                if why:
+                    new[c] = None
+                    suppressed.append(SuppressedCell(r, columns[c], why))
+                    continue
+            if is_count[c] and new[c] is not None:
                 new[c] = round_to_base(new[c], rounding_base)
         out.append(new)
     rounded = tuple(col for col, k, cnt in zip(columns, kinds, is_count, strict=True)

@@ -27,6 +27,19 @@ HIDDEN_PREFIX = "__sdc_people_"
 
 
 @dataclass(frozen=True)
+class Contributions:
+    """A second query: per group, the largest per-person totals behind SUM/AVG cells.
+
+    Its rows are the group-key values (in output order), then for each measure column a list of
+    the n largest per-person totals and the total of all of them.
+    """
+
+    sql: str
+    key_columns: tuple[int, ...]
+    measure_columns: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Plan:
     sql: str
     outputs: tuple[OutputColumn, ...]
@@ -34,12 +47,15 @@ class Plan:
     people_index: tuple[int | None, ...]
     person_level: bool
     row_cap: int
+    contributions: Contributions | None = None
 
 
 def rewrite(
-    analysis: Analysis, obligations: Obligations, catalogue: Catalogue, row_cap: int
+    analysis: Analysis, obligations: Obligations, catalogue: Catalogue, row_cap: int,
+    top_n: int = 2,
 ) -> Plan:
     tree = analysis.tree.copy()
+    contributions = _contributions(analysis, obligations, catalogue, row_cap, top_n)
     person_level = any(
         (t := catalogue.table(name)) is not None and t.kind is TableKind.PERSON_LEVEL
         for name in analysis.tables
@@ -69,7 +85,51 @@ def rewrite(
     if not (isinstance(current, exp.Literal) and current.is_int and int(current.this) <= row_cap):
         tree.set("limit", exp.Limit(expression=exp.Literal.number(row_cap + 1)))
     return Plan(tree.sql(dialect=DIALECT), analysis.outputs, tuple(people_index), person_level,
-                row_cap)
+                row_cap, contributions)
+
+
+def _contributions(
+    analysis: Analysis, obligations: Obligations, catalogue: Catalogue, row_cap: int, top_n: int
+) -> Contributions | None:
+    """Build the per-person contributions query for SUM/AVG-of-measure cells, if any."""
+    measures = [i for i, o in enumerate(analysis.outputs) if o.shape == "measure"]
+    if not measures:
+        return None
+    tree = analysis.tree.copy()
+    if not isinstance(tree, exp.Select):
+        raise SqlRejected(
+            "sums and averages of measures in a UNION cannot be checked for dominance",
+            hint="release each sum or average in a query of its own", code="output_not_allowed")
+    scope = next(s for s in traverse_scope(tree) if s.expression is tree)
+    rowpid = _row_person(scope, catalogue)
+    keys = [i for i, o in enumerate(analysis.outputs) if o.kind != "aggregate"]
+    group_exprs = [tree.expressions[i].unalias().copy() for i in keys]
+    inner = [exp.alias_(e, f"__k{n}") for n, e in enumerate(group_exprs)]
+    inner.append(exp.alias_(rowpid.copy(), "__pid"))
+    for i in measures:
+        node = tree.expressions[i].unalias()
+        agg = node.this if isinstance(node, exp.Filter) else node
+        total: exp.Expression = exp.Sum(this=agg.this.copy())
+        if isinstance(node, exp.Filter):
+            total = exp.Filter(this=total, expression=node.expression.copy())
+        inner.append(exp.alias_(total, f"__s{i}"))
+    tree.set("expressions", inner)
+    tree.set("group", exp.Group(expressions=[*(e.copy() for e in group_exprs), rowpid.copy()]))
+    for arg in ("order", "limit", "having", "distinct"):
+        tree.set(arg, None)
+    _filter_scans(tree, obligations, catalogue)
+    outer = exp.select(
+        *[exp.column(f"__k{n}") for n in range(len(keys))],
+        *[part for i in measures for part in (
+            exp.alias_(exp.Anonymous(this="max", expressions=[
+                exp.column(f"__s{i}"), exp.Literal.number(top_n)]), f"__top{i}"),
+            exp.alias_(exp.Sum(this=exp.column(f"__s{i}")), f"__total{i}"),
+        )],
+    ).from_(exp.Subquery(this=tree, alias=exp.TableAlias(this=exp.to_identifier("__pp"))))
+    if keys:
+        outer = outer.group_by(*[exp.column(f"__k{n}") for n in range(len(keys))])
+    outer.set("limit", exp.Limit(expression=exp.Literal.number(row_cap + 1)))
+    return Contributions(outer.sql(dialect=DIALECT), tuple(keys), tuple(measures))
 
 
 def _row_person(scope: Scope, catalogue: Catalogue) -> exp.Expression:

@@ -50,3 +50,54 @@ def test_true_zero_is_released():
 def test_rounding_halves_go_up():
     assert [round_to_base(v, 5) for v in (0, 2, 3, 7, 8, 12, 13, 2.5, 12.5)] == \
         [0, 0, 5, 5, 10, 10, 15, 5, 15]
+
+
+# -- dominance (ACRO's defaults: NK n=2 k=90%, p% p=10%) ----------------------------------
+
+import pytest  # noqa: E402
+
+from gateway.disclosure.threshold import Dominance  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("top", "total", "dominated"),
+    [
+        ([100.0, 1.0], 110.0, "NK"),      # two hold 92%
+        ([50.0, 40.0], 100.0, None),      # two hold 90%: not more than k; rest 10 >= 5
+        ([50.0, 41.0], 100.0, "NK"),      # 91%
+        ([60.0, 20.0], 85.0, "NK"),       # 80/85 = 94%
+        ([300.0, 100.0], 400.0 + 25.0, "NK"),
+        ([1000.0, 10.0], 1010.0 + 95.0, "p%"),  # NK 91%; p%: rest 95 < 100
+        ([10.0, 9.0], 100.0, None),
+    ],
+)
+def test_dominance_rules(top, total, dominated):
+    why = Dominance().verdict((top, total))
+    if dominated is None:
+        assert why is None
+    else:
+        assert why is not None
+
+
+def test_p_ratio_alone():
+    """With ACRO's defaults (NK n=2, k=90%; p=10%) NK fires whenever p% would; with n=1 the
+    p% rule catches what NK does not: the largest holds 65%, but the rest after the top two
+    (10) is under 10% of the largest (200)."""
+    d = Dominance(nk_n=1, nk_k=0.9, p_ratio=0.1)
+    assert "p%" in d.verdict(([200.0, 100.0], 310.0))
+    assert d.verdict(([200.0, 100.0], 330.0)) is None
+
+
+def test_unknown_contributions_are_dominated():
+    assert Dominance().verdict(None) is not None
+
+
+def test_dominated_cell_is_suppressed_and_the_rest_released():
+    rows = [["a", 1000.0, 20], ["b", 500.0, 30]]
+    out = apply_threshold(
+        rows, ["g", "cost", "n"], ["group_key", "aggregate", "aggregate"], [False, False, True],
+        [[None, 20, 20], [None, 30, 30]], min_people=8, rounding_base=5,
+        contributions=[{1: ([950.0, 10.0], 1000.0)}, {1: ([40.0, 35.0], 500.0)}],
+    )
+    assert out.rows == [["a", None, 20], ["b", 500.0, 30]]
+    assert out.suppressed[0].rule.startswith("dominance (NK)")
