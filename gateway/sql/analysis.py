@@ -214,17 +214,17 @@ def _check_nodes(tree: exp.Select | exp.Union) -> None:
         typ = type(node)
         if typ in LEAKY and typ not in PER_PERSON_AGGREGATES:
             raise SqlRejected(
-                f"aggregate {LEAKY[typ]}() is not allowed: it can copy individual values out",
-                hint="use COUNT, COUNT(DISTINCT ...), SUM or AVG",
+                f"aggregate {LEAKY[typ]}(){_location(node, outers)} is not allowed: it can "
+                "copy individual values out", hint="use COUNT, COUNT(DISTINCT ...), SUM or AVG",
             )
         if typ is exp.Anonymous:
             name = node.name.lower()
             if name not in ALLOWED_ANONYMOUS:
-                raise SqlRejected(f"function {name}() is not allowed",
+                raise SqlRejected(f"function {name}(){_location(node, outers)} is not allowed",
                                   hint="see docs/security.md for the functions allowed")
             continue
         if typ not in ALLOWED_NODES:
-            raise SqlRejected(f"{_construct(node)} is not allowed",
+            raise SqlRejected(f"{_construct(node)}{_location(node, outers)} is not allowed",
                               hint="the gateway accepts one aggregate SELECT with joins, CTEs, "
                               "subqueries, CASE and date functions")
         if typ is exp.Star and not isinstance(node.parent, exp.Count):
@@ -254,6 +254,20 @@ def _check_join(join: exp.Join) -> None:
         shown = " ".join(x for x in (method, side, kind) if x)
         raise SqlRejected(f"{shown} JOIN is not allowed",
                           hint="use [LEFT|RIGHT|FULL] [INNER|OUTER] JOIN ... ON, or CROSS JOIN")
+
+
+def _location(node: exp.Expression, outers: list[exp.Select]) -> str:
+    """Where a construct sits, in words: the clause, and the outer query or a subquery."""
+    child, parent = node, node.parent
+    while parent is not None and not isinstance(parent, exp.Select):
+        child, parent = parent, parent.parent
+    if parent is None:
+        return ""
+    clause = {"expressions": "the SELECT list", "where": "WHERE", "joins": "a JOIN",
+              "from": "FROM", "group": "GROUP BY", "having": "HAVING", "order": "ORDER BY",
+              "qualify": "QUALIFY"}.get(child.arg_key, child.arg_key)
+    level = "the outer query" if _is_in(parent, outers) else "a subquery"
+    return f" (in {clause} of {level})"
 
 
 def _construct(node: exp.Expression) -> str:

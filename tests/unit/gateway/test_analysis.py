@@ -123,6 +123,17 @@ def test_refusals_name_the_construct(sql, says, catalogue):
     assert says in info.value.message
 
 
+def test_refusals_say_where(catalogue):
+    with pytest.raises(SqlRejected) as info:
+        run("SELECT sex, COUNT(*) FROM patients WHERE person_id IN (SELECT person_id FROM "
+            "gp_events GROUP BY person_id HAVING max(getenv('HOME')) = 'x') GROUP BY sex",
+            catalogue)
+    assert "getenv() (in HAVING of a subquery)" in info.value.message
+    with pytest.raises(SqlRejected) as info:
+        run("SELECT sex, string_agg(lsoa_code, ',') FROM patients GROUP BY sex", catalogue)
+    assert "(in the SELECT list of the outer query)" in info.value.message
+
+
 def test_refusals_carry_a_hint(catalogue):
     with pytest.raises(SqlRejected) as info:
         run("SELECT * FROM patients", catalogue)
