@@ -125,6 +125,9 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
         raise SqlRejected("only a SELECT is allowed")
     outers = outer_selects(qualified)
     columns, tables = _resolve(qualified, catalogue, ctes, outers)
+    if not tables:
+        raise SqlRejected("the query reads no catalogue table",
+                          hint="GET /v1/catalogue lists the tables your project may use")
     outputs = _combine([_check_outer(q, o, catalogue)
                         for q, o in zip(outers, outer_selects(original), strict=True)])
     _check_union_order(qualified, outers)
@@ -233,6 +236,9 @@ def _check_nodes(tree: exp.Select | exp.Union) -> None:
         if typ is exp.Select and node.args.get("distinct") and _is_in(node, outers):
             raise SqlRejected("SELECT DISTINCT on the outer query returns row-level values",
                               hint="use GROUP BY with COUNT(...)")
+        if typ is exp.With and node.args.get("recursive"):
+            raise SqlRejected("WITH RECURSIVE is not allowed: a recursive query can run without "
+                              "end", hint="use plain CTEs")
         if typ is exp.Union and (node.args.get("by_name") or node.args.get("side")
                                  or node.args.get("kind")):
             raise SqlRejected("UNION BY NAME and outer or keyed unions are not allowed")

@@ -191,6 +191,15 @@ HOSTILE: dict[str, list[str]] = {
         "SELECT count(*) FROM range(1000000000000)",
         "SELECT count(*) FROM generate_series(1, 1000000000000)",
         "SELECT count(*) FROM patients WHERE sex = '" + "x" * 30_000 + "'",
+        "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t",
+        "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 1000000000) "
+        "SELECT count(*) FROM t JOIN patients p ON p.year_of_birth = t.n",
+        "SELECT repeat('x', 1000000000), count(*) FROM patients",
+        "SELECT count(*) FROM patients WHERE lpad(sex, 1000000000, 'x') = 'x'",
+        "SELECT count(*) FROM patients p, unnest(range(1000000000)) u",
+        "SELECT count(*) FROM patients WHERE sex IN (SELECT unnest(range(1000000000))::VARCHAR)",
+        "SELECT count(*) FROM (SELECT 1 AS x) t",
+        "SELECT count(*) FROM patients WHERE sex IN (" + ", ".join(["'F'"] * 5000) + ")",
     ],
     "malformed input": [
         "",
