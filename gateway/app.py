@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from audit import AuditTrail, EventFilter, to_csv
 from datasets import load_catalogue
 from gateway.auth import TokenVerifier
+from gateway.discovery import Discovery
 from gateway.engine import DuckDBEngine
 from gateway.errors import GatewayError, TooLarge
 from gateway.governance import Governance
@@ -76,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
     results = ResultStore(settings.state_dir / "results.sqlite")
     pipeline = Pipeline(settings, catalogue, policies, engine, verifier, trail, results)
     governance = Governance(pipeline, keys.audit_key, keys.checkpoint_public_key)
+    discovery = Discovery(pipeline)
 
     app = FastAPI(
         title="sde-gateway",
@@ -130,6 +132,23 @@ def create_app(settings: Settings) -> FastAPI:
             authorization=request.headers.get("authorization"),
             sql=body.sql, project=body.project, purpose=body.purpose,
         ))
+
+    @app.post("/v1/queries/explain", tags=["queries"], responses=ERROR_RESPONSES,
+              dependencies=[Depends(bearer)])
+    def explain_query(body: QueryBody, request: Request) -> dict[str, Any]:
+        """The decision and its reasons, the tables and columns touched, and the SQL that would
+        run, without running anything. A denial is an answer here (200), not an error."""
+        return pipeline.explain(QueryRequest(
+            request_id=request.state.request_id,
+            authorization=request.headers.get("authorization"),
+            sql=body.sql, project=body.project, purpose=body.purpose,
+        ))
+
+    @app.get("/v1/catalogue", tags=["catalogue"], responses=ERROR_RESPONSES,
+             dependencies=[Depends(bearer)])
+    def read_catalogue(request: Request) -> dict[str, Any]:
+        """The datasets, tables and columns each of the caller's projects may use today."""
+        return discovery.catalogue(request.state.request_id, request.headers.get("authorization"))
 
     @app.get("/v1/queries/{query_id}", tags=["queries"], responses=ERROR_RESPONSES,
              dependencies=[Depends(bearer)])

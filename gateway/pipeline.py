@@ -118,19 +118,55 @@ class Pipeline:
 
     # -- the whole ----------------------------------------------------------------------
 
+    def explain(self, req: QueryRequest) -> dict[str, Any]:
+        """The decision for a query, and what would run, without running anything."""
+        started = time.perf_counter()
+        record = _request_record("explain", req)
+        try:
+            caller = self.verifier.verify(req.authorization)
+            record.update(_caller_fields(caller))
+            analysis = self._analyse(req.sql)
+            record.update(tables=sorted(analysis.tables), columns=_columns(analysis))
+            decision = self._decide(caller, req, analysis)
+            record.update(_decision_fields(decision))
+            body: dict[str, Any] = {
+                "query_id": req.request_id,
+                "decision": "permit" if decision.permitted else "deny",
+                "policy": {"id": decision.policy_id, "legal_basis": decision.legal_basis},
+                "reasons": [{"rule": r.rule, "message": r.message} for r in decision.reasons],
+                "hint": decision.hint,
+                "datasets": list(decision.datasets),
+                "tables": sorted(analysis.tables),
+                "columns": _columns(analysis),
+                "outputs": [{"name": o.name, "kind": o.kind, "shape": o.shape or None}
+                            for o in analysis.outputs],
+            }
+            if decision.permitted:
+                output = decision.obligations.output
+                if output.regime == "threshold":
+                    check_outputs(analysis.outputs)
+                plan = rewrite(analysis, decision.obligations, self.catalogue,
+                               self.settings.row_cap)
+                body.update(obligations=_obligations(decision),
+                            output=output.describe(),
+                            executed_sql=plan.sql,
+                            contributions_sql=plan.contributions.sql
+                            if plan.contributions else None)
+        except GatewayError as err:
+            self._close(record, started, err.decision, error=err)
+            raise
+        record["explain_outcome"] = body["decision"]
+        self._close(record, started, "explained")
+        return body
+
     def run(self, req: QueryRequest) -> dict[str, Any]:
         started = time.perf_counter()
-        record: dict[str, Any] = {
-            "event": "query", "request_id": req.request_id,
-            "project": req.project, "purpose": req.purpose, "sql": req.sql,
-            "sql_sha256": hashlib.sha256(req.sql.encode("utf-8", "replace")).hexdigest(),
-        }
+        record = _request_record("query", req)
         caller: Caller | None = None
         auth_error: Unauthenticated | None = None
         try:
             caller = self.verifier.verify(req.authorization)
-            record.update(subject=caller.sub, org=caller.org, org_type=caller.org_type,
-                          roles=list(caller.roles))
+            record.update(_caller_fields(caller))
         except Unauthenticated as err:
             auth_error = err
         # Write-ahead: the request is on record before any work is done for it. If it cannot
@@ -145,9 +181,7 @@ class Pipeline:
             record.update(tables=sorted(analysis.tables), columns=_columns(analysis))
             stage = "decide"
             decision = self._decide(caller, req, analysis)
-            record.update(policy_id=decision.policy_id, legal_basis=decision.legal_basis,
-                          datasets=list(decision.datasets),
-                          reasons=[r.__dict__ for r in decision.reasons])
+            record.update(_decision_fields(decision))
             if not decision.permitted:
                 raise PolicyDenied(
                     "the policy does not permit this query",
@@ -246,6 +280,23 @@ class Pipeline:
         log.info("audited", seq=entry["seq"], decision=record.get("decision"),
                  kind=record.get("event"), subject=record.get("subject"))
         return entry
+
+
+def _request_record(event: str, req: QueryRequest) -> dict[str, Any]:
+    return {"event": event, "request_id": req.request_id, "project": req.project,
+            "purpose": req.purpose, "sql": req.sql,
+            "sql_sha256": hashlib.sha256(req.sql.encode("utf-8", "replace")).hexdigest()}
+
+
+def _caller_fields(caller: Caller) -> dict[str, Any]:
+    return {"subject": caller.sub, "org": caller.org, "org_type": caller.org_type,
+            "roles": list(caller.roles)}
+
+
+def _decision_fields(decision: Decision) -> dict[str, Any]:
+    return {"policy_id": decision.policy_id, "legal_basis": decision.legal_basis,
+            "datasets": list(decision.datasets),
+            "reasons": [r.__dict__ for r in decision.reasons]}
 
 
 def _match_contributions(plan: Plan, raw: RawResult, result: RawResult | None):

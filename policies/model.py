@@ -168,6 +168,16 @@ class Output(Strict):
     p_ratio: float = Field(default=0.1, ge=0, le=1, description="p% rule: the rest must be at least p of the largest.")
     epsilon_budget: float | None = Field(default=None, gt=0)
 
+    def describe(self) -> dict:
+        """The parameters that matter for this regime, for callers and the audit trail."""
+        if self.regime == "threshold":
+            return {"regime": "threshold", "min_people": self.min_people,
+                    "rounding_base": self.rounding_base, "nk_n": self.nk_n, "nk_k": self.nk_k,
+                    "p_ratio": self.p_ratio}
+        if self.regime == "dp":
+            return {"regime": "dp", "epsilon_budget": self.epsilon_budget}
+        return {"regime": self.regime}
+
     @model_validator(mode="after")
     def _checks(self) -> Output:
         if self.regime == "dp" and self.epsilon_budget is None:
