@@ -50,6 +50,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+class ReviewBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decision: str = Field(pattern="^(release|reject)$")
+    reason: str = Field(min_length=3, max_length=2000, description="Why; kept in the audit trail.")
+
+
 class QueryBody(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "sql": "SELECT sex, COUNT(DISTINCT person_id) AS people FROM patients GROUP BY sex",
@@ -178,6 +185,19 @@ def create_app(settings: Settings) -> FastAPI:
             return PlainTextResponse(to_csv(page["events"]), media_type="text/csv",
                                      headers={"X-Next-After": str(page["next_after"] or "")})
         return page
+
+    @app.get("/v1/reviews", tags=["reviews"], responses=ERROR_RESPONSES,
+             dependencies=[Depends(bearer)])
+    def list_reviews(request: Request) -> dict[str, Any]:
+        """Outputs held for review (ig_auditor only), with the table to judge."""
+        return governance.reviews(request.state.request_id, request.headers.get("authorization"))
+
+    @app.post("/v1/reviews/{query_id}", tags=["reviews"], responses=ERROR_RESPONSES,
+              dependencies=[Depends(bearer)])
+    def decide_review(query_id: str, body: ReviewBody, request: Request) -> dict[str, Any]:
+        """Release or reject a held output, with a reason (ig_auditor; never your own)."""
+        return governance.review(request.state.request_id, request.headers.get("authorization"),
+                                 query_id, body.decision, body.reason)
 
     @app.get("/v1/audit/verify", tags=["audit"], responses=ERROR_RESPONSES,
              dependencies=[Depends(bearer)])

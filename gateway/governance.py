@@ -21,6 +21,10 @@ class NotFound(GatewayError):
     status, code, decision = 404, "not_found", "refused"
 
 
+class Conflict(GatewayError):
+    status, code, decision = 409, "conflict", "refused"
+
+
 class Governance:
     def __init__(self, pipeline: Pipeline, audit_key: bytes, checkpoint_public_key) -> None:
         self.pipeline = pipeline
@@ -73,5 +77,47 @@ class Governance:
         if kept is None or (AUDITOR not in caller.roles and kept["subject"] != caller.sub):
             # the same answer whether it does not exist or is someone else's
             raise NotFound(f"no query {query_id!r} that you may read")
+        result = kept["body"]
+        if kept["status"] in ("held", "rejected") and AUDITOR not in caller.roles:
+            result = {**result, "rows": []}  # nothing leaves until a reviewer releases it
         return {"query_id": query_id, "status": kept["status"], "submitted_by": kept["subject"],
-                "project": kept["project"], "recorded": kept["created"], "result": kept["body"]}
+                "project": kept["project"], "recorded": kept["created"], "result": result}
+
+    def reviews(self, request_id: str, authorization: str | None) -> dict[str, Any]:
+        """Outputs held for review, with the controlled table a reviewer must judge."""
+        self._access(request_id, authorization, "review_list", {}, auditor_only=True)
+        return {"held": [
+            {"query_id": k["query_id"], "submitted_by": k["subject"], "project": k["project"],
+             "recorded": k["created"], "held_because": k["body"]["disclosure"]["held_because"],
+             "result": k["body"]} for k in self.pipeline.results.held()]}
+
+    def review(self, request_id: str, authorization: str | None, query_id: str,
+               decision: str, reason: str) -> dict[str, Any]:
+        """Release or reject a held output. Four eyes: never the requester's own."""
+        details = {"query_id": query_id, "review": decision, "reason": reason}
+        caller = self._access(request_id, authorization, "review_decision_requested", details,
+                              auditor_only=True)
+        kept = self.pipeline.results.get(query_id)
+        record = {"event": "review_decision", "request_id": request_id, "subject": caller.sub,
+                  "org": caller.org, **details}
+        if kept is None or kept["status"] != "held":
+            err = Conflict(f"query {query_id!r} is not held for review",
+                           hint="GET /v1/reviews lists what is held")
+            self.pipeline.audit({**record, "decision": "refused", "error_code": err.code})
+            raise err
+        if kept["subject"] == caller.sub:
+            err = Forbidden("you cannot review your own output (four-eyes)",
+                            hint="another IG reviewer must decide")
+            self.pipeline.audit({**record, "decision": "denied", "error_code": err.code})
+            raise err
+        status = "released" if decision == "release" else "rejected"
+        body = {**kept["body"], "status": status,
+                "review": {"by": caller.sub, "decision": decision, "reason": reason}}
+        # On the record first: a release the trail does not show must not become readable.
+        entry = self.pipeline.audit({**record, "decision": status,
+                                     "submitted_by": kept["subject"],
+                                     "rows_released": len(body["rows"]) if status == "released"
+                                     else 0})
+        self.pipeline.results.set_status(query_id, status, body)
+        return {"query_id": query_id, "status": status,
+                "audit": {"seq": entry["seq"], "hash": entry["hash"]}}

@@ -105,6 +105,8 @@ class Pipeline:
             people, min_people=output.min_people, rounding_base=output.rounding_base,
             contributions=_match_contributions(plan, raw, contributions), dominance=dominance,
         )
+        if controlled.hold:
+            disclosure["held_because"] = controlled.hold
         disclosure.update(
             min_people=output.min_people,
             rounding_base=output.rounding_base,
@@ -227,26 +229,32 @@ class Pipeline:
             record["defect"] = type(exc).__name__
             self._close(record, started, "failed", error=err)
             raise err from None
-        record.update(rows_released=len(body["rows"]),
+        held = "held_because" in body["disclosure"]
+        status = "held" if held else "released"
+        record.update(rows_released=0 if held else len(body["rows"]),
                       cells_suppressed=[{"row": s["row"], "column": s["column"]}
                                         for s in body["disclosure"]["suppressed"]],
                       epsilon_spent=None)
+        if held:
+            record["held_because"] = body["disclosure"]["held_because"]
         response = {
-            "query_id": req.request_id, "status": "released", **body,
+            "query_id": req.request_id, "status": status, **body,
             "policy": {"id": decision.policy_id, "legal_basis": decision.legal_basis},
         }
-        # Keep the result first, then audit the release: if the entry cannot be written the
-        # kept result is withdrawn, so nothing is ever readable that the trail does not show.
+        # Keep the result first, then audit it: if the entry cannot be written the kept
+        # result is withdrawn, so nothing is ever readable that the trail does not show.
         try:
-            self._keep(req, caller, "released", response)
+            self._keep(req, caller, status, response)
         except StateUnavailable as err:
             self._close(record, started, "failed", error=err)
             raise
         try:
-            entry = self._close(record, started, "released")
+            entry = self._close(record, started, status)
         except AuditUnavailable:
             self.results.delete(req.request_id)
             raise
+        if held:  # nothing leaves until an IG reviewer releases it
+            response = {**response, "rows": []}
         response["audit"] = {"seq": entry["seq"], "hash": entry["hash"]}
         return response
 
@@ -312,7 +320,7 @@ def _match_contributions(plan: Plan, raw: RawResult, result: RawResult | None):
     by_key = {}
     for row in result.rows:
         by_key[tuple(row[:nkeys])] = {
-            col: (row[nkeys + 2 * m] or [], row[nkeys + 2 * m + 1])
+            col: (row[nkeys + 3 * m] or [], row[nkeys + 3 * m + 1], row[nkeys + 3 * m + 2])
             for m, col in enumerate(c.measure_columns)
         }
     matched = []

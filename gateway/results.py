@@ -52,6 +52,17 @@ class ResultStore:
         return {"query_id": row[0], "subject": row[1], "project": row[2], "status": row[3],
                 "created": row[4], "body": json.loads(row[5])}
 
+    def held(self) -> list[dict[str, Any]]:
+        with self._lock:
+            ids = [r[0] for r in self._con.execute(
+                "SELECT query_id FROM results WHERE status = 'held' ORDER BY created").fetchall()]
+        return [self.get(i) for i in ids]
+
+    def set_status(self, query_id: str, status: str, body: dict[str, Any]) -> None:
+        with self._lock:
+            self._con.execute("UPDATE results SET status = ?, body = ? WHERE query_id = ?",
+                              (status, json.dumps(body), query_id))
+
     def close(self) -> None:
         with self._lock:
             self._con.close()

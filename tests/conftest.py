@@ -92,6 +92,25 @@ class LiveServer:
         return self.client.post("/v1/queries", headers=headers,
                                 json={"sql": sql, "project": project, "purpose": purpose})
 
+    def released(self, response: httpx.Response, submitter: str,
+                 reviewer: str = "ig.lead") -> dict:
+        """The released body of a query: if it was held, an IG reviewer releases it (a real
+        review over HTTP) and the submitter reads it back."""
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if body["status"] == "released":
+            return body
+        assert body["status"] == "held" and body["rows"] == []
+        qid = body["query_id"]
+        decided = self.client.post(f"/v1/reviews/{qid}",
+                                   headers={"Authorization": f"Bearer {self.token(reviewer)}"},
+                                   json={"decision": "release", "reason": "checked by test"})
+        assert decided.status_code == 200, decided.text
+        read = self.client.get(f"/v1/queries/{qid}",
+                               headers={"Authorization": f"Bearer {self.token(submitter)}"})
+        assert read.status_code == 200 and read.json()["status"] == "released"
+        return read.json()["result"]
+
     def audit_entries(self) -> list[dict]:
         lines = self.settings.audit_path.read_text().splitlines()  # any reader's idea of a line
         return [json.loads(line) for line in lines]

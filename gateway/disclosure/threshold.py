@@ -28,6 +28,13 @@ class Controlled:
     rows: list[list[Any]]
     suppressed: tuple[SuppressedCell, ...]
     rounded_columns: tuple[str, ...]
+    #: why the output needs a person to look at it before release, if it does
+    hold: str | None = None
+
+
+#: Above this share of suppressed aggregate cells, the output is held for review: a table that
+#: is mostly holes says little and invites working around the suppression.
+HOLD_SUPPRESSED_SHARE = 0.5
 
 
 def check_outputs(outputs) -> None:
@@ -52,8 +59,9 @@ def round_to_base(value: int | float, base: int) -> int:
     return int(base * math.floor(value / base + 0.5))
 
 
-#: per cell of a SUM/AVG of a measure: the largest per-person totals, and the total
-Contribution = tuple[list[float], float]
+#: per cell of a SUM/AVG of a measure: the largest per-person totals, the total, and the
+#: smallest per-person total (dominance is not defined when it is negative)
+Contribution = tuple[list[float], float, float]
 
 
 @dataclass(frozen=True)
@@ -65,16 +73,16 @@ class Dominance:
     p_ratio: float = 0.1
 
     def verdict(self, contribution: Contribution | None) -> str | None:
-        """Why a cell is dominated, or None if it is not."""
+        """Why a cell is dominated, or None if it is not. As ACRO: NK at or above k."""
         if contribution is None:
             return "dominance: the contributions behind the cell are unknown"
-        top, total = contribution
-        top = sorted((abs(v) for v in top if v is not None), reverse=True)
+        top, total = contribution[0], contribution[1]
+        top = sorted((v for v in top if v is not None), reverse=True)
         if not top or not total or total <= 0:
             return None
-        if sum(top[: self.nk_n]) > self.nk_k * total:
-            return (f"dominance (NK): the largest {self.nk_n} contributors hold more than "
-                    f"{self.nk_k:.0%} of the total")
+        if sum(top[: self.nk_n]) >= self.nk_k * total:
+            return (f"dominance (NK): the largest {self.nk_n} contributors hold {self.nk_k:.0%}"
+                    " or more of the total")
         rest = total - sum(top[:2])
         if rest < self.p_ratio * top[0]:
             return (f"dominance (p%): the rest of the total is under {self.p_ratio:.0%} of the "
@@ -102,6 +110,7 @@ def apply_threshold(
     holds the largest per-person totals and the total: a dominated cell is suppressed.
     """
     dominance = dominance or Dominance()
+    hold: str | None = None
     out: list[list[Any]] = []
     suppressed: list[SuppressedCell] = []
     for r, row in enumerate(rows):
@@ -119,6 +128,9 @@ def apply_threshold(
                 )
                 continue
             if contributions is not None and c in contributions[r] and n > 0:
+                if _has_negative(contributions[r][c]):
+                    hold = hold or ("dominance is not defined for negative contributions "
+                                    f"(column {columns[c]!r})")
                 why = dominance.verdict(contributions[r][c])
                 if why:
                     new[c] = None
@@ -129,5 +141,13 @@ def apply_threshold(
         out.append(new)
     rounded = tuple(col for col, k, cnt in zip(columns, kinds, is_count, strict=True)
                     if k == "aggregate" and cnt)
-    return Controlled(out, tuple(suppressed), rounded)
+    cells = sum(1 for k in kinds if k == "aggregate") * len(rows)
+    if cells >= 4 and len(suppressed) > HOLD_SUPPRESSED_SHARE * cells:
+        hold = hold or (f"{len(suppressed)} of {cells} cells are suppressed: more than "
+                        f"{HOLD_SUPPRESSED_SHARE:.0%}")
+    return Controlled(out, tuple(suppressed), rounded, hold)
+
+
+def _has_negative(contribution: Contribution | None) -> bool:
+    return bool(contribution) and contribution[2] is not None and contribution[2] < 0
 

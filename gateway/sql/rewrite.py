@@ -31,7 +31,7 @@ class Contributions:
     """A second query: per group, the largest per-person totals behind SUM/AVG cells.
 
     Its rows are the group-key values (in output order), then for each measure column a list of
-    the n largest per-person totals and the total of all of them.
+    the n largest per-person totals, the total of all of them, and the smallest.
     """
 
     sql: str
@@ -124,6 +124,7 @@ def _contributions(
             exp.alias_(exp.Anonymous(this="max", expressions=[
                 exp.column(f"__s{i}"), exp.Literal.number(top_n)]), f"__top{i}"),
             exp.alias_(exp.Sum(this=exp.column(f"__s{i}")), f"__total{i}"),
+            exp.alias_(exp.Min(this=exp.column(f"__s{i}")), f"__min{i}"),
         )],
     ).from_(exp.Subquery(this=tree, alias=exp.TableAlias(this=exp.to_identifier("__pp"))))
     if keys:

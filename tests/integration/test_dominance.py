@@ -94,3 +94,4 @@ def test_contributions_are_per_person_totals_not_single_records(live, crafted):
             SELECT list(t ORDER BY t DESC)[1:2], sum(t) FROM pp""", [NORFOLK]).fetchone()
     assert got[0][0] == "nursing"
     assert got[0][1] == pytest.approx(want[0]) and got[0][2] == pytest.approx(want[1])
+    assert got[0][3] > 0  # the smallest per-person total (no negative contributions here)

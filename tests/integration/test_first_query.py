@@ -126,7 +126,7 @@ def test_threshold_counts_people_not_events(server, raw):
            "ON p.person_id = e.person_id WHERE e.snomed_code = '1049301000000100' "
            "GROUP BY p.lsoa_code")
     resp = server.query("p.jones", sql, "JOINT-PLANNING", "planning")
-    assert resp.status_code == 200, resp.text
+    body = server.released(resp, "p.jones")  # mostly small cells: held, then reviewed
     rows = raw.execute(
         """SELECT p.lsoa_code, count(*), count(DISTINCT e.person_id) FROM gp_events e
            JOIN patients p USING (person_id) WHERE e.snomed_code = '1049301000000100'
@@ -135,8 +135,8 @@ def test_threshold_counts_people_not_events(server, raw):
     truth = {code: (events, people) for code, events, people in rows}
     assert any(events >= 8 > people > 0 for events, people in truth.values()), \
         "fixture should contain an area with many tests from few people"
-    assert len(resp.json()["rows"]) == len(truth)
-    for code, events in resp.json()["rows"]:
+    assert len(body["rows"]) == len(truth)
+    for code, events in body["rows"]:
         raw_events, raw_people = truth[code]
         assert events == expected_cell(raw_people, raw_events)
 

@@ -63,7 +63,8 @@ from gateway.disclosure.threshold import Dominance  # noqa: E402
     ("top", "total", "dominated"),
     [
         ([100.0, 1.0], 110.0, "NK"),      # two hold 92%
-        ([50.0, 40.0], 100.0, None),      # two hold 90%: not more than k; rest 10 >= 5
+        ([50.0, 40.0], 100.0, "NK"),      # two hold exactly 90%: dominated (ACRO: >= k)
+        ([50.0, 39.0], 100.0, None),      # 89%; rest 11 >= 5
         ([50.0, 41.0], 100.0, "NK"),      # 91%
         ([60.0, 20.0], 85.0, "NK"),       # 80/85 = 94%
         ([300.0, 100.0], 400.0 + 25.0, "NK"),
@@ -97,7 +98,23 @@ def test_dominated_cell_is_suppressed_and_the_rest_released():
     out = apply_threshold(
         rows, ["g", "cost", "n"], ["group_key", "aggregate", "aggregate"], [False, False, True],
         [[None, 20, 20], [None, 30, 30]], min_people=8, rounding_base=5,
-        contributions=[{1: ([950.0, 10.0], 1000.0)}, {1: ([40.0, 35.0], 500.0)}],
+        contributions=[{1: ([950.0, 10.0], 1000.0, 1.0)}, {1: ([40.0, 35.0], 500.0, 2.0)}],
     )
     assert out.rows == [["a", None, 20], ["b", 500.0, 30]]
     assert out.suppressed[0].rule.startswith("dominance (NK)")
+    assert out.hold is None
+
+
+def test_negative_contributions_hold_the_output_for_review():
+    out = apply_threshold(
+        [["a", 100.0]], ["g", "net"], ["group_key", "aggregate"], [False, False], [[None, 20]],
+        min_people=8, rounding_base=5, contributions=[{1: ([60.0, 50.0], 100.0, -30.0)}])
+    assert out.hold and "negative" in out.hold
+
+
+def test_a_mostly_suppressed_table_is_held():
+    rows = [[f"k{i}", 3] for i in range(6)]
+    out = apply_threshold(rows, ["g", "n"], ["group_key", "aggregate"], [False, True],
+                          [[None, 3 if i < 4 else 30] for i in range(6)], min_people=8,
+                          rounding_base=5)
+    assert out.hold and "4 of 6 cells" in out.hold
