@@ -21,7 +21,14 @@ import structlog
 from audit import AuditTrail, AuditWriteError
 from datasets import Catalogue
 from gateway.auth import TokenVerifier
-from gateway.disclosure.threshold import Dominance, apply_threshold, check_outputs
+from gateway.disclosure.secondary import RowShape, protect, relations
+from gateway.disclosure.threshold import (
+    Controlled,
+    Dominance,
+    SuppressedCell,
+    apply_threshold,
+    check_outputs,
+)
 from gateway.engine import DuckDBEngine, RawResult
 from gateway.errors import (
     AuditUnavailable,
@@ -86,7 +93,7 @@ class Pipeline:
                       tables=analysis.tables, columns=analysis.columns, today=self.today())
         return decide(facts, self.policies, self.catalogue)
 
-    def _control(self, plan: Plan, raw: RawResult, decision: Decision,
+    def _control(self, analysis: Analysis, plan: Plan, raw: RawResult, decision: Decision,
                  contributions: RawResult | None = None) -> dict[str, Any]:
         output = decision.obligations.output
         width = len(plan.outputs)
@@ -105,6 +112,7 @@ class Pipeline:
             people, min_people=output.min_people, rounding_base=output.rounding_base,
             contributions=_match_contributions(plan, raw, contributions), dominance=dominance,
         )
+        controlled = self._secondary(analysis, plan, raw, controlled, names)
         if controlled.hold:
             disclosure["held_because"] = controlled.hold
         disclosure.update(
@@ -214,7 +222,7 @@ class Pipeline:
                     plan.contributions.sql, timeout_s=self.settings.query_timeout_s,
                     row_cap=self.settings.row_cap)
             stage = "control"
-            body = self._control(plan, raw, decision, contributions)
+            body = self._control(analysis, plan, raw, decision, contributions)
         except GatewayError as err:
             self._close(record, started, err.decision, error=err)
             try:
@@ -267,6 +275,29 @@ class Pipeline:
             raise StateUnavailable("the result store cannot be written; nothing is released",
                                    hint="operators: check the state directory's disk") from exc
 
+    def _secondary(self, analysis: Analysis, plan: Plan, raw: RawResult,
+                   controlled: Controlled, names: list[str]) -> Controlled:
+        """Protect suppressed cells from recovery through the margins of the same result."""
+        shapes = _row_shapes(analysis, plan, raw)
+        if shapes is None:
+            return controlled
+        rels = relations(shapes)
+        if not rels:
+            return controlled
+        rows = [list(r) for r in controlled.rows]
+        extra = []
+        for c, out in enumerate(plan.outputs):
+            if out.kind != "aggregate" or not out.additive:
+                continue
+            hidden = {s.row for s in controlled.suppressed if s.column == names[c]}
+            values = [raw.rows[r][c] for r in range(len(rows))]
+            for r in sorted(protect(values, hidden, rels)):
+                rows[r][c] = None
+                extra.append(SuppressedCell(r, names[c], "secondary: protects a suppressed "
+                                            "cell from recovery through the margins"))
+        return Controlled(rows, controlled.suppressed + tuple(extra),
+                          controlled.rounded_columns, controlled.hold)
+
     def _close(self, record: dict[str, Any], started: float, decision: str,
                error: GatewayError | None = None) -> dict[str, Any]:
         record["decision"] = decision
@@ -288,6 +319,31 @@ class Pipeline:
         log.info("audited", seq=entry["seq"], decision=record.get("decision"),
                  kind=record.get("event"), subject=record.get("subject"))
         return entry
+
+
+def _row_shapes(analysis: Analysis, plan: Plan, raw: RawResult) -> list[RowShape] | None:
+    """Where each released row sits in the margins, or None if the result has none."""
+    keys = [i for i, o in enumerate(plan.outputs) if o.kind != "aggregate"]
+
+    def key_values(row) -> tuple:  # the key columns, aggregate positions blanked
+        return tuple(row[i] if i in keys else None for i in range(len(plan.outputs)))
+
+    if plan.grouping_index:
+        return [RowShape(0, frozenset(i for i, h in plan.grouping_index if row[h]),
+                         key_values(row)) for row in raw.rows]
+    if plan.branch_index is None:
+        return None
+    # A UNION branch is a margin of another when it aggregates the same rows and puts a
+    # constant where the other groups: its rows sum the other's over those columns.
+    kinds, rows_sql = analysis.branch_kinds, analysis.branch_rows
+    families = {sql: n for n, sql in enumerate(dict.fromkeys(rows_sql))}
+    rolled = []
+    for b, k in enumerate(kinds):
+        peers = [kk for bb, kk in enumerate(kinds) if rows_sql[bb] == rows_sql[b]]
+        rolled.append(frozenset(i for i in keys if k[i] == "constant"
+                                and any(pk[i] == "group_key" for pk in peers)))
+    return [RowShape(families[rows_sql[row[plan.branch_index]]],
+                     rolled[row[plan.branch_index]], key_values(row)) for row in raw.rows]
 
 
 def _request_record(event: str, req: QueryRequest) -> dict[str, Any]:

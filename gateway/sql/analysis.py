@@ -59,7 +59,10 @@ ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset({
     # UNION [ALL] of selects; windows only inside a person (restricted below)
     exp.Union, exp.Window, exp.WindowSpec, exp.RowNumber, exp.Rank, exp.DenseRank, exp.Lag,
     exp.Lead,
+    # margins on the outer query (secondary suppression protects them)
+    exp.Rollup, exp.Cube, exp.GroupingSets,
 })
+MARGINS = (exp.Rollup, exp.Cube, exp.GroupingSets)
 #: Functions sqlglot leaves as Anonymous that are allowed, by lower-case name.
 ALLOWED_ANONYMOUS = frozenset({"date_part", "datepart"})
 
@@ -72,6 +75,10 @@ class OutputColumn:
     #: "measure" (SUM or AVG of a measure column), or "composite" (any other expression of
     #: aggregates, such as a ratio). Each regime decides what it can release of each shape.
     shape: str = ""
+
+    #: whether margins of this column add up from its cells (COUNT, SUM): what secondary
+    #: suppression must protect
+    additive: bool = False
 
     @property
     def is_count(self) -> bool:
@@ -87,6 +94,12 @@ class Analysis:
     tables: frozenset[str]
     columns: tuple[ColumnUse, ...]
     outputs: tuple[OutputColumn, ...]
+    #: per outer branch: the kind of each output column there, and the branch's rows (FROM,
+    #: JOIN, WHERE as SQL), so that a UNION total can be told to be a margin of another branch
+    branch_kinds: tuple[tuple[str, ...], ...] = ()
+    branch_rows: tuple[str, ...] = ()
+    #: whether the outer query has ROLLUP, CUBE or GROUPING SETS
+    margins: bool = False
 
 
 def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -> Analysis:
@@ -128,10 +141,43 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
     if not tables:
         raise SqlRejected("the query reads no catalogue table",
                           hint="GET /v1/catalogue lists the tables your project may use")
-    outputs = _combine([_check_outer(q, o, catalogue)
-                        for q, o in zip(outers, outer_selects(original), strict=True)])
+    per_branch = [_check_outer(q, o, catalogue)
+                  for q, o in zip(outers, outer_selects(original), strict=True)]
+    outputs = _combine(per_branch)
     _check_union_order(qualified, outers)
-    return Analysis(sql, qualified, frozenset(tables), tuple(columns), outputs)
+    margins = any(isinstance(g, MARGINS) for q in outers
+                  for g in (q.args.get("group").expressions if q.args.get("group") else []))
+    if margins and len(outers) > 1:
+        raise SqlRejected("ROLLUP, CUBE and GROUPING SETS cannot be combined with UNION",
+                          hint="use one or the other for total rows")
+    return Analysis(sql, qualified, frozenset(tables), tuple(columns), outputs,
+                    tuple(tuple(o.kind for o in b) for b in per_branch),
+                    tuple(_rows_sql(q) for q in outers), margins)
+
+
+def _rows_sql(select: exp.Select) -> str:
+    """The rows a select aggregates: its FROM, JOINs and WHERE (with its CTEs), as SQL."""
+    parts = [select.args.get("from") or select.args.get("from_"), select.args.get("where")]
+    parts += select.args.get("joins") or []
+    return " ".join(p.sql(dialect=DIALECT) for p in parts if p is not None)
+
+
+def group_keys(group: exp.Group | None) -> list[exp.Expression]:
+    """Every grouping expression, through ROLLUP, CUBE and GROUPING SETS."""
+    keys: list[exp.Expression] = []
+    for g in group.expressions if group else []:
+        if isinstance(g, exp.Rollup | exp.Cube):
+            keys += g.expressions
+        elif isinstance(g, exp.GroupingSets):
+            for item in g.expressions:
+                inner = item.this if isinstance(item, exp.Paren) else item
+                keys += inner.expressions if isinstance(inner, exp.Tuple) else [inner]
+        else:
+            keys.append(g)
+    unique: dict[str, exp.Expression] = {}
+    for k in keys:
+        unique.setdefault(k.sql(), k)
+    return list(unique.values())
 
 
 def _is_in(node: exp.Expression, nodes) -> bool:
@@ -166,7 +212,9 @@ def _combine(branches: list[tuple[OutputColumn, ...]]) -> tuple[OutputColumn, ..
         shape = shapes.pop() if len(shapes) == 1 else "composite"
         kind = "aggregate" if kinds == {"aggregate"} else (
             "constant" if kinds == {"constant"} else "group_key")
-        combined.append(OutputColumn(col.name, kind, shape if kind == "aggregate" else ""))
+        additive = all(b[i].additive for b in branches)
+        combined.append(OutputColumn(col.name, kind, shape if kind == "aggregate" else "",
+                                     additive if kind == "aggregate" else False))
     return tuple(combined)
 
 
@@ -236,6 +284,8 @@ def _check_nodes(tree: exp.Select | exp.Union) -> None:
         if typ is exp.Select and node.args.get("distinct") and _is_in(node, outers):
             raise SqlRejected("SELECT DISTINCT on the outer query returns row-level values",
                               hint="use GROUP BY with COUNT(...)")
+        if typ in MARGINS and not _is_in(node.find_ancestor(exp.Select), outers):
+            raise SqlRejected(f"{typ.__name__.upper()} is allowed on the outer query only")
         if typ is exp.With and node.args.get("recursive"):
             raise SqlRejected("WITH RECURSIVE is not allowed: a recursive query can run without "
                               "end", hint="use plain CTEs")
@@ -270,7 +320,8 @@ def _location(node: exp.Expression, outers: list[exp.Select]) -> str:
     if parent is None:
         return ""
     clause = {"expressions": "the SELECT list", "where": "WHERE", "joins": "a JOIN",
-              "from": "FROM", "group": "GROUP BY", "having": "HAVING", "order": "ORDER BY",
+              "from": "FROM", "from_": "FROM", "group": "GROUP BY", "having": "HAVING",
+              "order": "ORDER BY",
               "qualify": "QUALIFY"}.get(child.arg_key, child.arg_key)
     level = "the outer query" if _is_in(parent, outers) else "a subquery"
     return f" (in {clause} of {level})"
@@ -314,7 +365,8 @@ def _check_tables(tree: exp.Select, catalogue: Catalogue) -> set[str]:
 
 
 _CLAUSES = {"expressions": "select", "joins": "join", "where": "where", "group": "group",
-            "having": "having", "order": "order", "from": "from", "limit": "limit"}
+            "having": "having", "order": "order", "from": "from", "from_": "from",
+            "limit": "limit"}
 
 
 def _clause(col: exp.Column) -> str:
@@ -364,8 +416,7 @@ def _resolve(
 
 def _check_group_keys(tree: exp.Select, scope: Scope, catalogue: Catalogue) -> None:
     """A bare measure as an outer group key would release each exact value (micro-data)."""
-    group = tree.args.get("group")
-    for key in group.expressions if group else []:
+    for key in group_keys(tree.args.get("group")):
         while isinstance(key, exp.Paren):
             key = key.this
         if not isinstance(key, exp.Column):
@@ -577,7 +628,7 @@ def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
                               hint="order by group keys, or sort the released table yourself")
     group = tree.args.get("group")
     group_all = bool(group and group.args.get("all"))
-    keys = {g.sql() for g in group.expressions} if group else set()
+    keys = {g.sql() for g in group_keys(group)}
     outputs = []
     originals = original.expressions
     any_agg = False
@@ -606,11 +657,14 @@ def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
                 hint="every output column must be COUNT/SUM/AVG(...) or appear in GROUP BY",
             )
         any_agg = True
-        outputs.append(OutputColumn(name, "aggregate", _shape(inner, scope, catalogue)))
+        shape = _shape(inner, scope, catalogue)
+        core = inner.this if isinstance(inner, exp.Filter) else inner
+        additive = shape == "count" or (shape == "measure" and isinstance(core, exp.Sum))
+        outputs.append(OutputColumn(name, "aggregate", shape, additive))
     if not any_agg:
         raise SqlRejected("the query (or a branch of its UNION) has no aggregate: the gateway releases aggregate tables only",
                           hint="add COUNT(DISTINCT person_id) or another aggregate")
-    for key in (group.expressions if group else []):
+    for key in group_keys(group):
         if _aggregates_of(key, tree):
             raise SqlRejected("an aggregate may not be a group key")
     return tuple(outputs)

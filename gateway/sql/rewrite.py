@@ -48,6 +48,10 @@ class Plan:
     person_level: bool
     row_cap: int
     contributions: Contributions | None = None
+    #: (output column, hidden column) pairs: GROUPING() of each key, for ROLLUP/CUBE/SETS
+    grouping_index: tuple[tuple[int, int], ...] = ()
+    #: the hidden column that numbers the UNION branch of each row
+    branch_index: int | None = None
 
 
 def rewrite(
@@ -79,13 +83,30 @@ def rewrite(
                 branch.append("expressions", h)
     else:
         people_index = [None] * len(analysis.outputs)
+    grouping_index: list[tuple[int, int]] = []
+    branch_index = None
+    if person_level:
+        # Where each row sits in the margins, for secondary suppression.
+        width = len(analysis.outputs) + len(aggregates)
+        branches = outer_selects(tree)
+        if analysis.margins:
+            keys = [i for i, o in enumerate(analysis.outputs) if o.kind == "group_key"]
+            for n, i in enumerate(keys):
+                key = branches[0].expressions[i].unalias().copy()
+                branches[0].append("expressions", exp.alias_(
+                    exp.Anonymous(this="GROUPING", expressions=[key]), f"__g{i}"))
+                grouping_index.append((i, width + n))
+        elif len(branches) > 1:
+            for b, branch in enumerate(branches):
+                branch.append("expressions", exp.alias_(exp.Literal.number(b), "__branch"))
+            branch_index = width
     _filter_scans(tree, obligations, catalogue)
     limit = tree.args.get("limit")
     current = limit.expression if limit else None
     if not (isinstance(current, exp.Literal) and current.is_int and int(current.this) <= row_cap):
         tree.set("limit", exp.Limit(expression=exp.Literal.number(row_cap + 1)))
     return Plan(tree.sql(dialect=DIALECT), analysis.outputs, tuple(people_index), person_level,
-                row_cap, contributions)
+                row_cap, contributions, tuple(grouping_index), branch_index)
 
 
 def _contributions(

@@ -1,0 +1,122 @@
+"""Secondary suppression: no suppressed cell may be recovered from the released cells and the
+margins of the same result.
+
+A result with margins (ROLLUP, CUBE, GROUPING SETS, or a UNION ALL total over the same rows)
+holds linear relations: each margin cell is the sum of the cells one level below it. If a
+relation has exactly one suppressed cell, subtraction reveals it; more subtly, several
+relations together can pin a cell down. So:
+
+1. while some relation has exactly one suppressed cell, suppress its smallest released cell
+   (a detail cell before a margin): the classic hypercube heuristic, losing least;
+2. then check exactly: a primary-suppressed cell is recoverable iff its unit vector lies in the
+   row space of the relations restricted to the suppressed cells. While any is, suppress one
+   more released cell of a relation that touches it, and check again.
+
+Anchors: tau-argus's hypercube method, ONS SRS secondary suppression. Step 2 makes the result
+exact for recovery by linear algebra, whatever the shape of the margins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RowShape:
+    """Where a row sits in the margins: which columns are rolled up, in which family of rows
+    (rows aggregated from the same FROM/WHERE), and its values on the other key columns."""
+
+    family: int
+    rolled: frozenset[int]
+    keys: tuple
+
+
+Relation = tuple[int, list[int]]  # (margin row, the rows it sums)
+
+
+def relations(shapes: Sequence[RowShape]) -> list[Relation]:
+    """Each margin row equals the sum of the rows one level down that agree with it."""
+    out: list[Relation] = []
+    for p, ps in enumerate(shapes):
+        for k in ps.rolled:
+            below = ps.rolled - {k}
+            children = [
+                s for s, ss in enumerate(shapes)
+                if s != p and ss.family == ps.family and ss.rolled == below
+                and all(ss.keys[j] == ps.keys[j] for j in range(len(ps.keys))
+                        if j not in ps.rolled)
+            ]
+            if children:
+                out.append((p, children))
+    return out
+
+
+def protect(values: Sequence[float | None], suppressed: set[int],
+            rels: list[Relation]) -> set[int]:
+    """The rows to suppress as well, so that no suppressed row of this column is recoverable."""
+    primary = set(suppressed)
+    hidden = set(suppressed)
+    added: set[int] = set()
+    if not primary or not rels:
+        return added
+
+    def cheapest(cells: list[int], parent: int) -> int | None:
+        open_ = [c for c in cells if c not in hidden and values[c] is not None]
+        return min(open_, key=lambda c: (c == parent, abs(values[c]), c)) if open_ else None
+
+    while True:
+        changed = True
+        while changed:
+            changed = False
+            for p, children in rels:
+                cells = [p, *children]
+                if sum(c in hidden for c in cells) == 1:
+                    pick = cheapest(cells, p)
+                    if pick is not None:
+                        hidden.add(pick)
+                        added.add(pick)
+                        changed = True
+        exposed = recoverable(primary, hidden, rels)
+        if not exposed:
+            return added
+        target = min(exposed)
+        touching = [r for r in rels if target in (r[0], *r[1])] or rels
+        picks = [pick for p, ch in touching if (pick := cheapest([p, *ch], p)) is not None]
+        if not picks:
+            picks = [c for p, ch in rels for c in (p, *ch)
+                     if c not in hidden and values[c] is not None]
+        if not picks:
+            return added  # every cell in every relation is already hidden
+        pick = min(picks, key=lambda c: (abs(values[c]), c))
+        hidden.add(pick)
+        added.add(pick)
+
+
+def recoverable(cells: set[int], hidden: set[int], rels: list[Relation]) -> set[int]:
+    """Which of ``cells`` the released values and the relations determine exactly."""
+    unknown = sorted(hidden)
+    index = {c: i for i, c in enumerate(unknown)}
+    rows = []
+    for p, children in rels:
+        row = np.zeros(len(unknown))
+        touched = False
+        for c, coef in ((p, 1.0), *((ch, -1.0) for ch in children)):
+            if c in index:
+                row[index[c]] += coef
+                touched = True
+        if touched:
+            rows.append(row)
+    if not rows:
+        return set()
+    a = np.array(rows)
+    rank = np.linalg.matrix_rank(a)
+    out = set()
+    for c in cells:
+        unit = np.zeros(len(unknown))
+        unit[index[c]] = 1.0
+        if np.linalg.matrix_rank(np.vstack([a, unit])) == rank:
+            out.add(c)
+    return out

@@ -1,0 +1,102 @@
+"""Secondary suppression, by property: on random tables with margins, nothing small is released
+and no primary-suppressed cell can be solved for from the released cells and the margins."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.disclosure.secondary import RowShape, protect, relations
+from gateway.disclosure.threshold import apply_threshold
+
+K, BASE = 8, 5
+
+
+@st.composite
+def cube_tables(draw):
+    """A CUBE (a, b) result: details, row totals, column totals, grand total; one person a row
+    in the data, so a cell's people are its count."""
+    na, nb = draw(st.integers(2, 5)), draw(st.integers(2, 5))
+    details = {(a, b): draw(st.one_of(st.integers(0, 9), st.integers(0, 60)))
+               for a in range(na) for b in range(nb)}
+    cells = dict(details)
+    for a in range(na):
+        cells[(a, None)] = sum(details[(a, b)] for b in range(nb))
+    for b in range(nb):
+        cells[(None, b)] = sum(details[(a, b)] for a in range(na))
+    cells[(None, None)] = sum(details.values())
+    return na, nb, list(cells.items())
+
+
+def system(rows):
+    """The table's own equations, from its layout: each margin is the sum of what it totals."""
+    index = {key: r for r, (key, _) in enumerate(rows)}
+    eqs = []
+    for (a, b), _ in rows:
+        if a is not None and b is None:
+            eqs.append((index[(a, None)], [r for (k, r) in index.items()
+                                           if k[0] == a and k[1] is not None]))
+        if a is None and b is not None:
+            eqs.append((index[(None, b)], [r for (k, r) in index.items()
+                                           if k[1] == b and k[0] is not None]))
+        if a is None and b is None:
+            eqs.append((index[(None, None)], [r for (k, r) in index.items()
+                                              if k[0] is not None and k[1] is None]))
+    return eqs
+
+
+def solvable(cell, hidden, eqs):
+    unknown = sorted(hidden)
+    pos = {c: i for i, c in enumerate(unknown)}
+    rows = []
+    for total, parts in eqs:
+        v = np.zeros(len(unknown))
+        for c, coef in ((total, 1), *((p, -1) for p in parts)):
+            if c in pos:
+                v[pos[c]] += coef
+        if v.any():
+            rows.append(v)
+    if not rows:
+        return False
+    a = np.array(rows)
+    e = np.zeros(len(unknown))
+    e[pos[cell]] = 1
+    return np.linalg.matrix_rank(np.vstack([a, e])) == np.linalg.matrix_rank(a)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cube_tables())
+def test_no_primary_cell_is_recoverable_and_nothing_small_is_released(table):
+    na, nb, cells = table
+    rows = [[a, b, n] for (a, b), n in cells]
+    people = [[None, None, n] for (_, _), n in cells]
+    out = apply_threshold(rows, ["a", "b", "n"], ["group_key", "group_key", "aggregate"],
+                          [False, False, True], people, min_people=K, rounding_base=BASE)
+    primary = {s.row for s in out.suppressed}
+    shapes = [RowShape(0, frozenset(i for i, v in enumerate((a, b)) if v is None), (a, b))
+              for (a, b), _ in cells]
+    extra = protect([n for _, n in cells], primary, relations(shapes))
+    hidden = primary | extra
+    for r, ((_, _), n) in enumerate(cells):
+        if r not in hidden:
+            assert not 0 < n < K, "a small cell was released"
+            assert out.rows[r][2] % BASE == 0
+    assert extra.isdisjoint(primary)
+    eqs = system(cells)
+    for cell in primary:
+        assert not solvable(cell, hidden, eqs), f"cell {cells[cell]} can be solved for"
+
+
+def test_a_lone_small_cell_beside_its_total_takes_a_partner():
+    # a 1-D table with a total: [3, 40, 25 | total 68]; 3 is suppressed, so the total would
+    # give it away; the smallest other detail (25) goes too
+    cells = [(("x",), 3), (("y",), 40), (("z",), 25), ((None,), 68)]
+    shapes = [RowShape(0, frozenset({0}) if k[0] is None else frozenset(), k) for k, _ in cells]
+    extra = protect([v for _, v in cells], {0}, relations(shapes))
+    assert extra == {2}
+
+
+def test_families_that_aggregate_different_rows_are_not_related():
+    shapes = [RowShape(0, frozenset(), ("x",)), RowShape(1, frozenset({0}), (None,))]
+    assert relations(shapes) == []
