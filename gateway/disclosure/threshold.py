@@ -72,19 +72,28 @@ class Dominance:
     nk_k: float = 0.9
     p_ratio: float = 0.1
 
-    def verdict(self, contribution: Contribution | None) -> str | None:
-        """Why a cell is dominated, or None if it is not. As ACRO: NK at or above k."""
-        if contribution is None:
-            return "dominance: the contributions behind the cell are unknown"
+    def rules(self, contribution: Contribution) -> set[str]:
+        """Which of the two rules a cell breaks ("NK", "p%"), each as ACRO defines it."""
         top, total = contribution[0], contribution[1]
         top = sorted((v for v in top if v is not None), reverse=True)
         if not top or not total or total <= 0:
-            return None
+            return set()
+        broken = set()
         if sum(top[: self.nk_n]) >= self.nk_k * total:
+            broken.add("NK")
+        if top[0] > 0 and (total - sum(top[:2])) / top[0] < self.p_ratio:
+            broken.add("p%")
+        return broken
+
+    def verdict(self, contribution: Contribution | None) -> str | None:
+        """Why a cell is dominated, or None if it is not."""
+        if contribution is None:
+            return "dominance: the contributions behind the cell are unknown"
+        broken = self.rules(contribution)
+        if "NK" in broken:
             return (f"dominance (NK): the largest {self.nk_n} contributors hold {self.nk_k:.0%}"
                     " or more of the total")
-        rest = total - sum(top[:2])
-        if rest < self.p_ratio * top[0]:
+        if "p%" in broken:
             return (f"dominance (p%): the rest of the total is under {self.p_ratio:.0%} of the "
                     "largest contribution")
         return None

@@ -66,28 +66,40 @@ def rewrite(
     )
     people_index: list[int | None] = [None] * len(analysis.outputs)
     aggregates = [i for i, o in enumerate(analysis.outputs) if o.kind == "aggregate"]
-    for n, i in enumerate(aggregates):
-        people_index[i] = len(analysis.outputs) + n
+    hidden_count = 0
     if person_level:
         scopes = {id(s.expression): s for s in traverse_scope(tree)}
-        for branch in outer_selects(tree):
+        branches = outer_selects(tree)
+        single = len(branches) == 1
+        for branch in branches:
             # every branch gets the same hidden columns, so that a UNION lines up
             scope = scopes[id(branch)]
             rowpid = _row_person(scope, catalogue)
+            seen: dict[str, int] = {}
             hidden = []
             for i in aggregates:
                 proj = branch.expressions[i].unalias()
-                hidden.append(exp.alias_(_people_behind(proj, branch, rowpid, scope, catalogue),
-                                         f"{HIDDEN_PREFIX}{i}"))
+                people = _people_behind(proj, branch, rowpid, scope, catalogue)
+                key = people.sql(dialect=DIALECT)
+                if single and key == proj.sql(dialect=DIALECT):
+                    people_index[i] = i  # COUNT(DISTINCT person): the cell is its own count
+                    continue
+                if single and key in seen:
+                    people_index[i] = seen[key]  # the same people behind another cell
+                    continue
+                people_index[i] = len(analysis.outputs) + len(hidden)
+                seen[key] = people_index[i]
+                hidden.append(exp.alias_(people, f"{HIDDEN_PREFIX}{i}"))
             for h in hidden:
                 branch.append("expressions", h)
+            hidden_count = len(hidden)
     else:
         people_index = [None] * len(analysis.outputs)
     grouping_index: list[tuple[int, int]] = []
     branch_index = None
     if person_level:
         # Where each row sits in the margins, for secondary suppression.
-        width = len(analysis.outputs) + len(aggregates)
+        width = len(analysis.outputs) + hidden_count
         branches = outer_selects(tree)
         if analysis.margins:
             keys = [i for i, o in enumerate(analysis.outputs) if o.kind == "group_key"]
