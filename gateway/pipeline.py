@@ -8,10 +8,12 @@ an entry is durable before anything is returned: if it cannot be written, nothin
 from __future__ import annotations
 
 import hashlib
+import math
 import sqlite3
 import time
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from datetime import time as dt_time
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -216,7 +218,9 @@ class Pipeline:
             raw = self.engine.execute(plan.sql, timeout_s=self.settings.query_timeout_s,
                                       row_cap=self.settings.row_cap)
             contributions = None
-            if plan.contributions is not None:
+            if plan.contributions is not None and plan.contributions.inline_offset is not None:
+                contributions = _inline_contributions(plan, raw)
+            elif plan.contributions is not None:
                 record["contributions_sql"] = plan.contributions.sql
                 contributions = self.engine.execute(
                     plan.contributions.sql, timeout_s=self.settings.query_timeout_s,
@@ -363,6 +367,16 @@ def _decision_fields(decision: Decision) -> dict[str, Any]:
             "reasons": [r.__dict__ for r in decision.reasons]}
 
 
+def _inline_contributions(plan: Plan, raw: RawResult) -> RawResult:
+    """The contributions a single-pass plan returned beside each row, shaped as if they had
+    come from a contributions query (keys, then top, total and smallest per measure)."""
+    c = plan.contributions
+    width = 3 * len(c.measure_columns)
+    return RawResult((), [tuple(row[i] for i in c.key_columns)
+                          + tuple(row[c.inline_offset:c.inline_offset + width])
+                          for row in raw.rows])
+
+
 def _match_contributions(plan: Plan, raw: RawResult, result: RawResult | None):
     """Per released row, the contributions behind each SUM/AVG-of-measure cell (by group keys).
 
@@ -407,10 +421,17 @@ def _columns(analysis: Analysis) -> list[dict[str, Any]]:
 
 
 def _json_value(value: Any) -> Any:
-    if isinstance(value, date | datetime):
+    """A value of the released table as plain JSON; no type can break the response."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, date | datetime | dt_time):
         return value.isoformat()
     if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, float) and value != value:  # NaN
-        return None
-    return value
+        return _json_value(float(value))
+    if isinstance(value, timedelta):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    return str(value)

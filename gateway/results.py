@@ -34,7 +34,7 @@ class ResultStore:
             self._con.execute(
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
                 (query_id, subject, project, status, datetime.now(UTC).isoformat(),
-                 json.dumps(body)),
+                 json.dumps(body, default=str)),
             )
 
     def delete(self, query_id: str) -> None:
@@ -61,7 +61,7 @@ class ResultStore:
     def set_status(self, query_id: str, status: str, body: dict[str, Any]) -> None:
         with self._lock:
             self._con.execute("UPDATE results SET status = ?, body = ? WHERE query_id = ?",
-                              (status, json.dumps(body), query_id))
+                              (status, json.dumps(body, default=str), query_id))
 
     def close(self) -> None:
         with self._lock:

@@ -74,9 +74,9 @@ class Dominance:
 
     def rules(self, contribution: Contribution) -> set[str]:
         """Which of the two rules a cell breaks ("NK", "p%"), each as ACRO defines it."""
-        top, total = contribution[0], contribution[1]
-        top = sorted((v for v in top if v is not None), reverse=True)
-        if not top or not total or total <= 0:
+        top = sorted((float(v) for v in contribution[0] if v is not None), reverse=True)
+        total = float(contribution[1]) if contribution[1] is not None else 0.0
+        if not top or not math.isfinite(total) or total <= 0:
             return set()
         broken = set()
         if sum(top[: self.nk_n]) >= self.nk_k * total:
@@ -135,6 +135,10 @@ def apply_threshold(
                 suppressed.append(
                     SuppressedCell(r, columns[c], f"small_cell: fewer than {min_people} people")
                 )
+                continue
+            if isinstance(new[c], float) and not math.isfinite(new[c]):
+                new[c] = None
+                suppressed.append(SuppressedCell(r, columns[c], "not a finite number"))
                 continue
             if contributions is not None and c in contributions[r] and n > 0:
                 if _has_negative(contributions[r][c]):

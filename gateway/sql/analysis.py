@@ -63,6 +63,11 @@ ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset({
     exp.Rollup, exp.Cube, exp.GroupingSets,
 })
 MARGINS = (exp.Rollup, exp.Cube, exp.GroupingSets)
+_T = exp.DataType.Type
+#: Types a CAST may produce: the ones the released table can carry as plain JSON.
+CAST_TYPES = frozenset({_T.INT, _T.BIGINT, _T.SMALLINT, _T.TINYINT, _T.DOUBLE, _T.FLOAT,
+                        _T.DECIMAL, _T.VARCHAR, _T.TEXT, _T.CHAR, _T.DATE, _T.TIMESTAMP,
+                        _T.BOOLEAN})
 #: Functions sqlglot leaves as Anonymous that are allowed, by lower-case name.
 ALLOWED_ANONYMOUS = frozenset({"date_part", "datepart"})
 
@@ -286,6 +291,14 @@ def _check_nodes(tree: exp.Select | exp.Union) -> None:
                               hint="use GROUP BY with COUNT(...)")
         if typ in MARGINS and not _is_in(node.find_ancestor(exp.Select), outers):
             raise SqlRejected(f"{typ.__name__.upper()} is allowed on the outer query only")
+        if typ is exp.DataType and node.this not in CAST_TYPES:
+            raise SqlRejected(f"casting to {node.sql(dialect=DIALECT)} is not allowed",
+                              hint="cast to INTEGER, BIGINT, DOUBLE, DECIMAL, VARCHAR, DATE, "
+                              "TIMESTAMP or BOOLEAN")
+        if typ is exp.Limit:
+            n = node.expression
+            if not (isinstance(n, exp.Literal) and n.is_int and int(n.this) >= 0):
+                raise SqlRejected("LIMIT takes a whole number of rows")
         if typ is exp.With and node.args.get("recursive"):
             raise SqlRejected("WITH RECURSIVE is not allowed: a recursive query can run without "
                               "end", hint="use plain CTEs")
@@ -383,7 +396,9 @@ def _resolve(
     """Every column to its source table, and the person-key and measure rules."""
     uses: list[ColumnUse] = []
     tables: set[str] = set()
-    for scope in traverse_scope(tree):
+    all_scopes = traverse_scope(tree)
+    scopes = {id(s.expression): s for s in all_scopes}
+    for scope in all_scopes:
         if isinstance(scope.expression, exp.Union):
             continue  # its branches are scopes of their own
         if not isinstance(scope.expression, exp.Select):
@@ -393,6 +408,7 @@ def _resolve(
                 tables.add(source.name.lower())
         _check_per_person_aggregates(scope, outers, catalogue)
         _check_windows(scope, outers, catalogue)
+        _check_person_links(scope, catalogue)
         for col in scope.columns:
             source = scope.sources.get(col.table)
             if isinstance(source, exp.Table):
@@ -408,10 +424,127 @@ def _resolve(
                         hint="use year_of_birth for age, lsoa_code for area",
                     )
             if is_person_key(col, scope, catalogue):
-                _check_person_key_use(col, scope, outers)
+                _check_person_key_use(col, scope, outers, scopes, catalogue)
         if _is_in(scope.expression, outers):
             _check_group_keys(scope.expression, scope, catalogue)
     return uses, tables
+
+
+def _is_person_source(source, catalogue: Catalogue) -> bool:
+    """A base table about people, or a derived table that passes each row's person_id on."""
+    if isinstance(source, exp.Table):
+        t = catalogue.table(source.name)
+        return bool(t and t.kind.value == "person_level")
+    if isinstance(source, Scope) and isinstance(source.expression, exp.Select):
+        return any(isinstance(p.unalias(), exp.Column)
+                   and is_person_key(p.unalias(), source, catalogue)
+                   for p in source.expression.expressions)
+    return False
+
+
+def _reads_people(source, catalogue: Catalogue) -> bool:
+    if isinstance(source, exp.Table):
+        t = catalogue.table(source.name)
+        return bool(t and t.kind.value == "person_level")
+    if isinstance(source, Scope):
+        direct = any((t := catalogue.table(tab.name)) is not None
+                     and t.kind.value == "person_level"
+                     for tab in source.expression.find_all(exp.Table))
+        return direct or any(_reads_people(s, catalogue) for s in source.sources.values()
+                             if isinstance(s, Scope))
+    return False
+
+
+def _owner(scope: Scope, alias: str) -> Scope | None:
+    s = scope.parent
+    while s is not None and alias not in s.sources:
+        s = s.parent
+    return s
+
+
+def _check_person_links(scope: Scope, catalogue: Catalogue) -> None:
+    """Every row of a query belongs to one person.
+
+    Person-level sources in one select (tables, derived tables that carry person_id, and the
+    outer person a correlated subquery refers to) must all be joined on person_id. Otherwise a
+    cross join or an attribute join pairs one person's values with other people's rows: the
+    cell then seems to rest on many people while its keys or values are one person's. For the
+    same reason a subquery over people must be tied to the outer person by person_id, and a
+    derived table that aggregates people without person_id cannot be joined to people's rows.
+    """
+    select = scope.expression
+    nodes: dict[tuple[int, str], Scope] = {}
+    selected = {alias: source for alias, (_, source) in scope.selected_sources.items()}
+    for alias, source in selected.items():
+        if _is_person_source(source, catalogue):
+            nodes[(id(scope), alias)] = scope
+        elif _reads_people(source, catalogue) and any(
+                _is_person_source(s, catalogue) for s in selected.values()):
+            raise SqlRejected(
+                    f"{alias!r} summarises people without person_id and cannot be joined to "
+                    "people's rows: its values would not be counted behind the cells",
+                    hint="join per-person subqueries (that keep person_id) on person_id")
+    for col in scope.external_columns:
+        owner = _owner(scope, col.table)
+        if owner is not None and _is_person_source(owner.sources[col.table], catalogue):
+            nodes[(id(owner), col.table)] = owner
+    parent = {n: n for n in nodes}
+
+    def find(n):
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    def node_of(col: exp.Column):
+        if col.table in scope.sources:
+            key = (id(scope), col.table)
+            return key if key in nodes and is_person_key(col, scope, catalogue) else None
+        owner = _owner(scope, col.table)
+        key = (id(owner), col.table) if owner is not None else None
+        return key if key in nodes and is_person_key(col, owner, catalogue) else None
+
+    conditions = [select.args.get("where")] + [j.args.get("on") for j in
+                                                select.args.get("joins") or []]
+    for cond in conditions:
+        if cond is None:
+            continue
+        for eq in cond.find_all(exp.EQ):
+            if eq.find_ancestor(exp.Select) is not select:
+                continue
+            a, b = eq.this, eq.expression
+            if isinstance(a, exp.Column) and isinstance(b, exp.Column):
+                na, nb = node_of(a), node_of(b)
+                if na and nb and na != nb:
+                    parent[find(na)] = find(nb)
+    if len({find(n) for n in nodes}) > 1:
+        names = sorted(alias for _, alias in nodes)
+        raise SqlRejected(
+            f"person-level sources {names} are not all joined on person_id: every row must "
+            "belong to one person", hint="join them ON a.person_id = b.person_id (use IN or "
+            "EXISTS ... WHERE x.person_id = y.person_id to filter)")
+    if scope.is_subquery and any(k[0] == id(scope) for k in nodes):
+        external = any(k[0] != id(scope) for k in nodes)
+        if not external and not _is_person_membership(scope, catalogue):
+            raise SqlRejected(
+                "a subquery over people must be tied to the outer person by person_id "
+                "(person_id IN (SELECT person_id ...), or EXISTS (... WHERE x.person_id = "
+                "p.person_id)): otherwise it tests other people's records",
+                hint="filter people with person_id IN (SELECT person_id FROM ...)")
+
+
+def _is_person_membership(scope: Scope, catalogue: Catalogue) -> bool:
+    """``outer.person_id IN (SELECT person_id FROM ...)``: membership of the same person."""
+    node = scope.expression.parent
+    if isinstance(node, exp.Subquery):
+        node = node.parent
+    if not isinstance(node, exp.In) or not isinstance(node.this, exp.Column):
+        return False
+    owner = _owner(scope, node.this.table)
+    projections = scope.expression.expressions
+    return (owner is not None and is_person_key(node.this, owner, catalogue)
+            and len(projections) == 1 and isinstance(projections[0].unalias(), exp.Column)
+            and is_person_key(projections[0].unalias(), scope, catalogue))
 
 
 def _check_group_keys(tree: exp.Select, scope: Scope, catalogue: Catalogue) -> None:
@@ -456,7 +589,31 @@ def is_person_key(col: exp.Column, scope: Scope, catalogue: Catalogue) -> bool:
     return bool(origin and origin[1].cls is ColumnClass.PERSON_KEY)
 
 
-def _check_person_key_use(col: exp.Column, scope: Scope, outers: list[exp.Select]) -> None:
+def _column_is_person_key(col: exp.Column, scopes: dict[int, Scope],
+                          catalogue: Catalogue) -> bool:
+    """Resolve a column from the select that encloses it (it may sit in a correlated
+    subquery below the scope being checked), then up through the scopes that own it."""
+    scope = scopes.get(id(col.find_ancestor(exp.Select)))
+    if scope is None:
+        return False
+    if col.table in scope.sources:
+        return is_person_key(col, scope, catalogue)
+    owner = _owner(scope, col.table)
+    return owner is not None and is_person_key(col, owner, catalogue)
+
+
+def _projects_person_key(query: exp.Expression, scopes: dict[int, Scope],
+                         catalogue: Catalogue) -> bool:
+    select = query.this if isinstance(query, exp.Subquery) else query
+    scope = scopes.get(id(select))
+    if scope is None or not isinstance(select, exp.Select) or len(select.expressions) != 1:
+        return False
+    proj = select.expressions[0].unalias()
+    return isinstance(proj, exp.Column) and is_person_key(proj, scope, catalogue)
+
+
+def _check_person_key_use(col: exp.Column, scope: Scope, outers: list[exp.Select],
+                          scopes: dict[int, Scope], catalogue: Catalogue) -> None:
     """The person key joins and counts; it never leaves, groups, or meets a literal."""
     parent = col.parent
     while isinstance(parent, exp.Paren):
@@ -464,8 +621,8 @@ def _check_person_key_use(col: exp.Column, scope: Scope, outers: list[exp.Select
     select = scope.expression
     if isinstance(parent, exp.EQ):
         other = parent.expression if parent.this is col else parent.this
-        if isinstance(other, exp.Column):
-            return  # a join or correlation on people (both sides are checked in their scopes)
+        if isinstance(other, exp.Column) and _column_is_person_key(other, scopes, catalogue):
+            return  # a join or correlation on people
     if isinstance(parent, exp.Count):
         return
     if isinstance(parent, exp.Distinct) and isinstance(parent.parent, exp.Count):
@@ -475,7 +632,8 @@ def _check_person_key_use(col: exp.Column, scope: Scope, outers: list[exp.Select
             and isinstance(parent.parent.parent, exp.Distinct)
             and isinstance(parent.parent.parent.parent, exp.Count)):
         return  # COUNT(DISTINCT CASE WHEN ... THEN person_id END)
-    if isinstance(parent, exp.In) and parent.this is col and parent.args.get("query"):
+    if (isinstance(parent, exp.In) and parent.this is col and parent.args.get("query")
+            and _projects_person_key(parent.args["query"], scopes, catalogue)):
         return
     if isinstance(parent, exp.Is) and isinstance(parent.expression, exp.Null):
         return  # IS [NOT] NULL: whether a join matched, never a value
@@ -597,13 +755,35 @@ def _shape(node: exp.Expression, scope: Scope, catalogue: Catalogue) -> str:
     if isinstance(agg, exp.Count):
         return "count"
     if isinstance(agg, exp.Sum | exp.Avg):
-        arg = agg.this
-        origin = bare_origin(arg, scope, catalogue) if isinstance(arg, exp.Column) else None
-        if origin and origin[1].cls is ColumnClass.MEASURE:
-            return "measure"
-        if isinstance(agg, exp.Sum):
-            return "count"  # SUM(CASE WHEN ... THEN 1 ELSE 0 END), SUM(1): a count of cases
+        if _is_indicator(agg.this):
+            # SUM(CASE WHEN ... THEN 1 ELSE 0 END) counts cases; AVG of it is a proportion
+            return "count" if isinstance(agg, exp.Sum) else "composite"
+        # Any other sum or average is a magnitude: released as it is, but only after the
+        # dominance rules have looked at each person's share (a filler of 0.000001 for
+        # everyone else cannot make one person's value pass as a count).
+        return "measure"
     return "composite"
+
+
+def _is_indicator(node: exp.Expression) -> bool:
+    """1, or a CASE/IF whose every outcome is 0, 1 or NULL: an expression that counts."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+
+    def zero_one(e) -> bool:
+        while isinstance(e, exp.Paren):
+            e = e.this
+        return e is None or isinstance(e, exp.Null) or (
+            isinstance(e, exp.Literal) and not e.is_string and float(e.this) in (0.0, 1.0))
+
+    if isinstance(node, exp.Literal):
+        return not node.is_string and float(node.this) == 1.0
+    if isinstance(node, exp.Case):
+        return (all(zero_one(i.args.get("true")) for i in node.args.get("ifs") or [])
+                and zero_one(node.args.get("default")))
+    if isinstance(node, exp.If):
+        return zero_one(node.args.get("true")) and zero_one(node.args.get("false"))
+    return False
 
 
 def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue

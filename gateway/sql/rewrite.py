@@ -37,6 +37,8 @@ class Contributions:
     sql: str
     key_columns: tuple[int, ...]
     measure_columns: tuple[int, ...]
+    #: when the contributions come back in the result itself (single pass): where they start
+    inline_offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ def rewrite(
     analysis: Analysis, obligations: Obligations, catalogue: Catalogue, row_cap: int,
     top_n: int = 2,
 ) -> Plan:
+    single = _single_pass(analysis, obligations, catalogue, row_cap, top_n)
+    if single is not None:
+        return single
     tree = analysis.tree.copy()
     contributions = _contributions(analysis, obligations, catalogue, row_cap, top_n)
     person_level = any(
@@ -309,3 +314,130 @@ def _not_opted_out(key: str, catalogue: Catalogue) -> exp.Expression:
 
 def _date(d: date) -> exp.Expression:
     return exp.Cast(this=exp.Literal.string(d.isoformat()), to=exp.DataType.build("DATE"))
+
+
+_DECOMPOSABLE = (exp.Count, exp.Sum, exp.Avg)
+
+
+def _single_pass(
+    analysis: Analysis, obligations: Obligations, catalogue: Catalogue, row_cap: int, top_n: int
+) -> Plan | None:
+    """One query for results with sums or averages of measures, when the aggregates allow it.
+
+    Dominance needs each person's total per cell, which a query grouped by the cell cannot
+    give. Rather than a second query, group by (cell, person) first, with partial counts and
+    sums, and build every released value, the people behind each cell, and the largest
+    per-person totals from those partials. COUNT, COUNT(x), SUM and AVG (with FILTER)
+    decompose so; anything else (COUNT(DISTINCT ...), margins, an ORDER BY that is not a key)
+    returns None and takes the two-query path. Same answers, about half the work.
+    """
+    outputs = analysis.outputs
+    measures = [i for i, o in enumerate(outputs) if o.shape == "measure"]
+    if not measures or not isinstance(analysis.tree, exp.Select) or analysis.margins:
+        return None
+    if not any((t := catalogue.table(n)) and t.kind is TableKind.PERSON_LEVEL
+               for n in analysis.tables):
+        return None
+    tree = analysis.tree.copy()
+    aggs: dict[int, tuple[exp.Expression, exp.Expression | None]] = {}
+    for i, o in enumerate(outputs):
+        if o.kind != "aggregate":
+            continue
+        node = tree.expressions[i].unalias()
+        cond = node.expression.this if isinstance(node, exp.Filter) else None
+        agg = node.this if isinstance(node, exp.Filter) else node
+        if type(agg) not in _DECOMPOSABLE or isinstance(agg.this, exp.Distinct):
+            return None
+        aggs[i] = (agg, cond)
+    scope = next(s for s in traverse_scope(tree) if s.expression is tree)
+    rowpid = _row_person(scope, catalogue)
+    keys = [i for i, o in enumerate(outputs) if o.kind == "group_key"]
+    key_exprs = {i: tree.expressions[i].unalias().copy() for i in keys}
+    order = tree.args.get("order")
+    names = [tree.expressions[i].alias_or_name for i in range(len(outputs))]
+    new_order = []
+    for ordered in order.expressions if order else []:
+        term = ordered.this
+        if isinstance(term, exp.Literal) and term.is_int:
+            new_order.append(ordered.copy())
+            continue
+        match = next((i for i in keys if key_exprs[i].sql() == term.sql()
+                      or (isinstance(term, exp.Column) and not term.table
+                          and term.name == names[i])), None)
+        if match is None:
+            return None
+        new_order.append(exp.Ordered(this=exp.column(names[match], quoted=True),
+                                     desc=ordered.args.get("desc"),
+                                     nulls_first=ordered.args.get("nulls_first")))
+
+    def filtered(e: exp.Expression, extra: exp.Expression | None = None,
+                 cond: exp.Expression | None = None) -> exp.Expression:
+        parts = [c.copy() for c in (cond, extra) if c is not None]
+        return exp.Filter(this=e, expression=exp.Where(this=exp.and_(*parts))) if parts else e
+
+    inner = [exp.alias_(key_exprs[i], f"__k{i}") for i in keys]
+    inner.append(exp.alias_(rowpid.copy(), "__pid"))
+    outer: list[exp.Expression] = []
+    people: list[exp.Expression] = []
+    tops: list[exp.Expression] = []
+    for i, o in enumerate(outputs):
+        if o.kind == "group_key":
+            outer.append(exp.alias_(exp.column(f"__k{i}"), names[i], quoted=True))
+            continue
+        if o.kind == "constant":
+            outer.append(exp.alias_(tree.expressions[i].unalias().copy(), names[i], quoted=True))
+            continue
+        agg, cond = aggs[i]
+        arg = agg.this if not isinstance(agg.this, exp.Star) else None
+        count = exp.Count(this=arg.copy() if arg is not None else exp.Star())
+        inner.append(exp.alias_(filtered(count, cond=cond), f"__c{i}"))
+        if isinstance(agg, exp.Sum | exp.Avg):
+            inner.append(exp.alias_(filtered(exp.Sum(this=arg.copy()), cond=cond), f"__s{i}"))
+        if isinstance(agg, exp.Sum):
+            nonzero = exp.NEQ(this=arg.copy(), expression=exp.Literal.number(0))
+            inner.append(exp.alias_(filtered(exp.Count(this=arg.copy()), nonzero, cond),
+                                    f"__n{i}"))
+        total_sum = exp.Sum(this=exp.column(f"__s{i}"))
+        if isinstance(agg, exp.Count):
+            value: exp.Expression = exp.Sum(this=exp.column(f"__c{i}"))
+        elif isinstance(agg, exp.Sum):
+            value = total_sum
+        else:
+            value = exp.Div(this=exp.Cast(this=total_sum, to=exp.DataType.build("DOUBLE")),
+                            expression=exp.Nullif(this=exp.Sum(this=exp.column(f"__c{i}")),
+                                                  expression=exp.Literal.number(0)))
+        outer.append(exp.alias_(value, names[i], quoted=True))
+        who = f"__n{i}" if isinstance(agg, exp.Sum) else f"__c{i}"
+        people.append(exp.alias_(filtered(exp.Count(this=exp.Star()), exp.GT(
+            this=exp.column(who), expression=exp.Literal.number(0))), f"{HIDDEN_PREFIX}{i}"))
+        if i in measures:
+            tops += [exp.alias_(exp.Anonymous(this="max", expressions=[
+                         exp.column(f"__s{i}"), exp.Literal.number(top_n)]), f"__top{i}"),
+                     exp.alias_(exp.Sum(this=exp.column(f"__s{i}")), f"__total{i}"),
+                     exp.alias_(exp.Min(this=exp.column(f"__s{i}")), f"__min{i}")]
+    tree.set("expressions", inner)
+    tree.set("group", exp.Group(expressions=[*(key_exprs[i].copy() for i in keys),
+                                             rowpid.copy()]))
+    for arg in ("order", "limit"):
+        tree.set(arg, None)
+    _filter_scans(tree, obligations, catalogue)
+    query = exp.select(*outer, *people, *tops).from_(
+        exp.Subquery(this=tree, alias=exp.TableAlias(this=exp.to_identifier("__pp"))))
+    if keys:
+        query = query.group_by(*[exp.column(f"__k{i}") for i in keys])
+    if new_order:
+        query.set("order", exp.Order(expressions=new_order))
+    limit = analysis.tree.args.get("limit")
+    current = limit.expression if limit else None
+    cap = (int(current.this) if isinstance(current, exp.Literal) and current.is_int
+           and int(current.this) <= row_cap else row_cap + 1)
+    query.set("limit", exp.Limit(expression=exp.Literal.number(cap)))
+    agg_ids = [i for i, o in enumerate(outputs) if o.kind == "aggregate"]
+    people_index = [None] * len(outputs)
+    for n, i in enumerate(agg_ids):
+        people_index[i] = len(outputs) + n
+    contributions = Contributions(
+        "", tuple(i for i, o in enumerate(outputs) if o.kind != "aggregate"), tuple(measures),
+        inline_offset=len(outputs) + len(agg_ids))
+    return Plan(query.sql(dialect=DIALECT), outputs, tuple(people_index), True, row_cap,
+                contributions)

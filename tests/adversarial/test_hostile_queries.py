@@ -170,6 +170,14 @@ HOSTILE: dict[str, list[str]] = {
         "SELECT lsoa_code, COUNT(*) FROM patients GROUP BY lsoa_code ORDER BY 2",
         "SELECT sex, COUNT(*) - COUNT(*) FILTER (WHERE year_of_birth > 1940) FROM patients "
         "GROUP BY sex",
+        "SELECT sex, AVG(CASE WHEN year_of_birth < 1950 THEN 1.0 ELSE 0 END) FROM patients "
+        "GROUP BY sex",
+        "SELECT sex, COUNT(*) FROM patients GROUP BY sex LIMIT -1",
+        "SELECT CAST(sex AS BLOB), COUNT(*) FROM patients GROUP BY 1",
+        "SELECT CAST(sex AS VARCHAR[]), COUNT(*) FROM patients GROUP BY 1",
+        "SELECT CAST('00000000-0000-0000-0000-000000000000' AS UUID) AS k, COUNT(*) "
+        "FROM patients GROUP BY 1",
+        "SELECT CAST('10:00' AS TIME) AS k, COUNT(*) FROM patients GROUP BY 1",
     ],
     "windows": [
         "SELECT sex, count(*) OVER (PARTITION BY sex) FROM patients",
@@ -185,6 +193,36 @@ HOSTILE: dict[str, list[str]] = {
         "SELECT count(*) FROM (SELECT person_id, ntile(10) OVER (PARTITION BY person_id) AS n "
         "FROM patients) t",
         "SELECT sex, count(*) FROM patients GROUP BY sex QUALIFY count(*) > 5",
+    ],
+    "linking other people's rows": [
+        "SELECT t.lsoa_code, t.ethnicity, t.practice_code, t.registration_date, COUNT(*) AS n "
+        "FROM patients p CROSS JOIN (SELECT q.person_id, q.lsoa_code, q.ethnicity, "
+        "q.practice_code, q.registration_date FROM patients q WHERE q.year_of_birth = 1925 "
+        "AND q.sex = 'M') t GROUP BY t.lsoa_code, t.ethnicity, t.practice_code, "
+        "t.registration_date",
+        "SELECT q.year_of_birth, q.sex, COUNT(*) FROM patients p CROSS JOIN patients q "
+        "WHERE q.year_of_birth = 1925 GROUP BY 1, 2",
+        "SELECT t.m + 0 AS m, COUNT(*) AS n FROM (SELECT p.person_id, MAX(CASE WHEN "
+        "q.year_of_birth = 1925 AND q.sex = 'M' THEN q.registration_date END) AS m FROM patients "
+        "p CROSS JOIN patients q GROUP BY p.person_id) t GROUP BY t.m + 0",
+        "SELECT p.lsoa_code, COUNT(*) FROM patients p WHERE EXISTS (SELECT 1 FROM patients q "
+        "WHERE q.lsoa_code = p.lsoa_code AND q.year_of_birth = 1925 AND q.sex = 'M') GROUP BY 1",
+        "SELECT p.lsoa_code, COUNT(*) FROM patients p WHERE p.lsoa_code IN (SELECT q.lsoa_code "
+        "FROM patients q WHERE q.year_of_birth = 1925 AND q.sex = 'M') GROUP BY 1",
+        "SELECT p.sex, COUNT(*) FROM patients p WHERE EXISTS (SELECT 1 FROM patients q WHERE "
+        "q.year_of_birth = 1925 AND q.sex = 'M' AND q.ethnicity = 'Black') GROUP BY 1",
+        "SELECT p.sex, COUNT(*) FROM patients p JOIN (SELECT lsoa_code, COUNT(*) AS n FROM "
+        "patients GROUP BY lsoa_code) a ON a.lsoa_code = p.lsoa_code GROUP BY 1",
+        "SELECT p.sex, COUNT(*) FROM patients p JOIN gp_events e ON e.person_id + 0 = "
+        "p.person_id GROUP BY 1",
+        "SELECT p.sex, COUNT(*) FROM patients p JOIN hospital_admissions h ON h.admission_date "
+        "= p.registration_date GROUP BY 1",
+        "SELECT t.v, COUNT(*) FROM patients p JOIN (SELECT DISTINCT imd_decile - 1 AS v FROM "
+        "lsoa_lookup) t ON p.person_id = t.v GROUP BY t.v",
+        "SELECT COUNT(*) FROM patients p WHERE p.person_id IN (SELECT imd_decile * 1000 "
+        "FROM lsoa_lookup)",
+        "SELECT p.sex, COUNT(*) FROM patients p WHERE p.year_of_birth = (SELECT "
+        "q.year_of_birth FROM patients q WHERE q.lsoa_code = 'E01100179' LIMIT 1) GROUP BY 1",
     ],
     "resource exhaustion": [
         "SELECT count(*) FROM patients WHERE " + " AND ".join(["(1 = 1"] * 80) + ")" * 80,
@@ -223,7 +261,7 @@ CASES = [(family, sql) for family, items in HOSTILE.items() for sql in items]
 
 
 def test_there_are_enough_hostile_queries():
-    assert len(CASES) >= 150
+    assert len(CASES) >= 180
 
 
 @pytest.mark.parametrize(("family", "sql"), CASES,

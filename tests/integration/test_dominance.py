@@ -8,6 +8,8 @@ import duckdb
 import pytest
 from conftest import LiveServer, make_settings
 
+from gateway.disclosure.threshold import round_to_base
+
 NORFOLK = "E10000020"
 
 
@@ -63,7 +65,42 @@ def test_a_dominated_sum_is_suppressed_and_the_others_released(live, crafted):
             assert row[1] == pytest.approx(truth[service])
     assert body["disclosure"]["dominance"] == {"nk_n": 2, "nk_k": 0.9, "p_ratio": 0.1}
     entry = live.entry_for(resp)
+    # COUNT(DISTINCT ...) does not decompose over per-person partials: a second query
     assert "contributions_sql" in entry and NORFOLK in entry["contributions_sql"]
+
+
+def test_single_pass_gives_the_same_verdicts(live, crafted):
+    """SUM, AVG and COUNT decompose over per-person partials: one query does it all."""
+    sql = ("SELECT s.service_type, SUM(s.weekly_cost) AS weekly_cost, AVG(s.weekly_cost) AS m, "
+           "COUNT(*) AS episodes FROM social_care s GROUP BY s.service_type "
+           "ORDER BY s.service_type")
+    resp = live.query("p.jones", sql, "JOINT-PLANNING", "planning")
+    body = live.released(resp, "p.jones")
+    entry = live.entry_for(resp)
+    assert "__pid" in entry["executed_sql"] and "contributions_sql" not in entry
+    rows = {r[0]: r for r in body["rows"]}
+    assert rows["nursing"][1] is None and rows["nursing"][2] is None
+    truth = dict(duckdb.connect().execute(
+        f"""SELECT s.service_type, count(*) FROM read_parquet('{crafted}/social_care.parquet') s
+            JOIN read_parquet('{crafted}/patients.parquet') p USING (person_id)
+            WHERE p.local_authority_code = ? AND s.person_id NOT IN
+            (SELECT person_id FROM read_parquet('{crafted}/opt_outs.parquet')) GROUP BY 1""",
+        [NORFOLK]).fetchall())
+    for service, row in rows.items():
+        assert row[3] is None or row[3] == round_to_base(truth[service], 5)
+
+
+def test_two_query_path_matches_for_a_non_decomposable_query(live, crafted):
+    """COUNT(DISTINCT ...) beside a sum cannot be built from per-person partials: the
+    contributions come from a second query, with the same verdicts."""
+    sql = ("SELECT s.service_type, SUM(s.weekly_cost) AS weekly_cost, "
+           "COUNT(DISTINCT s.support_reason) AS reasons FROM social_care s "
+           "GROUP BY s.service_type ORDER BY s.service_type")
+    resp = live.query("p.jones", sql, "JOINT-PLANNING", "planning")
+    body = live.released(resp, "p.jones")
+    rows = {r[0]: r for r in body["rows"]}
+    assert rows["nursing"][1] is None
+    assert "contributions_sql" in live.entry_for(resp)
 
 
 def test_contributions_are_per_person_totals_not_single_records(live, crafted):
@@ -82,7 +119,10 @@ def test_contributions_are_per_person_totals_not_single_records(live, crafted):
                             analysis.columns, date(2026, 11, 23)),
                       plan_sql.policies, plan_sql.catalogue)
     plan = rewrite(analysis, decision.obligations, plan_sql.catalogue, 100)
-    got = plan_sql.engine.execute(plan.contributions.sql, timeout_s=10, row_cap=100).rows
+    from gateway.pipeline import _inline_contributions
+
+    raw = plan_sql.engine.execute(plan.sql, timeout_s=10, row_cap=100)
+    got = _inline_contributions(plan, raw).rows
     want = duckdb.connect().execute(
         f"""WITH pp AS (SELECT s.person_id, sum(s.weekly_cost) AS t
                         FROM read_parquet('{crafted}/social_care.parquet') s

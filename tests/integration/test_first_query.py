@@ -325,3 +325,26 @@ def test_union_of_aggregates_with_a_total_row_is_filtered_in_every_branch(server
     assert rows["F"] == expected_cell(truth["F"]) and rows["M"] == expected_cell(truth["M"])
     assert rows["Total"] == expected_cell(truth["F"] + truth["M"])
     assert rows["Suffolk"] == 0, "a Norfolk planner sees no Suffolk residents in any branch"
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT SUM(CAST('inf' AS DOUBLE)) AS s FROM patients p",
+    "SELECT SUM(CAST('-inf' AS DOUBLE)) AS s FROM patients p",
+    "SELECT SUM(p.year_of_birth * 1e308) AS s FROM patients p",
+    "SELECT INTERVAL 1 DAY AS k, COUNT(*) AS n FROM patients p GROUP BY 1",
+])
+def test_odd_values_never_break_the_response(server, sql):
+    resp = server.query("p.jones", sql, "JOINT-PLANNING", "planning")
+    assert resp.status_code < 500, resp.text
+    entries = server.entries_for(resp)
+    assert any(e["event"] == "query" for e in entries), "the request was closed on the trail"
+
+
+def test_a_filler_sum_cannot_pass_one_persons_value_as_a_count(server):
+    """SUM of anything but a 0/1 indicator is a magnitude: dominance judges it per person."""
+    sql = ("SELECT SUM(CASE WHEN p.year_of_birth = 1925 AND p.sex = 'M' THEN 5.0 ELSE 0.000001 "
+           "END) AS n FROM patients p")
+    body = server.released(server.query("p.jones", sql, "JOINT-PLANNING", "planning"),
+                           "p.jones")
+    assert body["rows"] == [[None]]
+    assert body["disclosure"]["suppressed"][0]["rule"].startswith("dominance")
