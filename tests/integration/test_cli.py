@@ -29,6 +29,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"the server did not start: {proc.stderr.read()}")
+        time.sleep(0.2)
+
+
 def test_synth_writes_every_table_with_progress(tmp_path, catalogue):
     out = tmp_path / "d"
     result = run("synth", "--out", str(out), "--persons", "2000", "--seed", "3")
@@ -66,16 +79,7 @@ def served(data_dir, tmp_path):
                              "--port", str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            raise RuntimeError(f"serve did not start: {proc.stderr.read()}")
-        time.sleep(0.2)
+    wait_healthy(url, proc)
     yield url, state
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=20)
@@ -131,15 +135,7 @@ def test_demo_makes_data_prints_a_token_per_user_and_serves(tmp_path, catalogue)
                             env={**os.environ, "COLUMNS": "200"})
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, "demo did not start"
-            time.sleep(0.3)
+        wait_healthy(url, proc)
         data = tmp_path / "demo" / "data-2000"
         assert {p.stem for p in data.glob("*.parquet")} == set(catalogue.tables)
         env_file = tmp_path / "demo" / "state" / "demo-tokens.env"

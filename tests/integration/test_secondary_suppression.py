@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pytest
+from linear import solvable
 
 CUTOFFS = [1925, 1930, 1935, 1940, 1945]
 CUBE = ("SELECT p.sex, p.ethnicity, COUNT(*) AS n FROM patients p WHERE p.year_of_birth < {y} "
@@ -13,25 +13,6 @@ CUBE = ("SELECT p.sex, p.ethnicity, COUNT(*) AS n FROM patients p WHERE p.year_o
 UNION = ("SELECT p.ethnicity AS e, COUNT(*) AS n FROM patients p WHERE p.year_of_birth < {y} "
          "GROUP BY p.ethnicity UNION ALL SELECT 'All', COUNT(*) FROM patients p "
          "WHERE p.year_of_birth < {y}")
-
-
-def solvable(cell, hidden, eqs):
-    unknown = sorted(hidden)
-    pos = {c: i for i, c in enumerate(unknown)}
-    rows = []
-    for total, parts in eqs:
-        v = np.zeros(len(unknown))
-        for c, coef in ((total, 1), *((p, -1) for p in parts)):
-            if c in pos:
-                v[pos[c]] += coef
-        if v.any():
-            rows.append(v)
-    if not rows:
-        return False
-    a = np.array(rows)
-    e = np.zeros(len(unknown))
-    e[pos[cell]] = 1
-    return np.linalg.matrix_rank(np.vstack([a, e])) == np.linalg.matrix_rank(a)
 
 
 def equations(keys):

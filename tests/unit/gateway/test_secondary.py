@@ -3,9 +3,9 @@ and no primary-suppressed cell can be solved for from the released cells and the
 
 from __future__ import annotations
 
-import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from linear import solvable
 
 from gateway.disclosure.secondary import RowShape, protect, relations
 from gateway.disclosure.threshold import apply_threshold
@@ -44,25 +44,6 @@ def system(rows):
             eqs.append((index[(None, None)], [r for (k, r) in index.items()
                                               if k[0] is not None and k[1] is None]))
     return eqs
-
-
-def solvable(cell, hidden, eqs):
-    unknown = sorted(hidden)
-    pos = {c: i for i, c in enumerate(unknown)}
-    rows = []
-    for total, parts in eqs:
-        v = np.zeros(len(unknown))
-        for c, coef in ((total, 1), *((p, -1) for p in parts)):
-            if c in pos:
-                v[pos[c]] += coef
-        if v.any():
-            rows.append(v)
-    if not rows:
-        return False
-    a = np.array(rows)
-    e = np.zeros(len(unknown))
-    e[pos[cell]] = 1
-    return np.linalg.matrix_rank(np.vstack([a, e])) == np.linalg.matrix_rank(a)
 
 
 @settings(max_examples=300, deadline=None)
