@@ -71,8 +71,11 @@ class DuckDBEngine:
             raise QueryTimeout(f"the query ran past the time limit of {timeout_s:g} s",
                                hint="narrow the query (fewer joins, a date range)") from None
         except duckdb.Error as exc:
-            message = str(exc).split("\n", 1)[0]
-            raise QueryFailed(f"the engine could not run the query: {message}") from None
+            # The engine's message can quote the data it failed on (a value it could not
+            # convert): never pass it on, nor log or audit it. The class is enough to act on.
+            kind = type(exc).__name__.removesuffix("Exception").lower() or "error"
+            raise QueryFailed(f"the engine could not run the query ({kind} error)",
+                              hint="check the types and arithmetic of the expressions") from None
         finally:
             timer.cancel()
             cursor.close()

@@ -395,6 +395,11 @@ def _match_contributions(plan: Plan, raw: RawResult, result: RawResult | None):
         }
     matched = []
     for row in raw.rows:
+        if any(row[h] for _, h in plan.grouping_index):
+            # A margin row: its key values (NULLs) can equal a real group's, and the
+            # contributions were computed per detail group; unknown, so judged dominated.
+            matched.append(dict.fromkeys(c.measure_columns))
+            continue
         key = tuple(row[i] for i in c.key_columns)
         matched.append(by_key.get(key, dict.fromkeys(c.measure_columns)))
     return matched

@@ -523,9 +523,10 @@ def _check_person_links(scope: Scope, catalogue: Catalogue) -> None:
             f"person-level sources {names} are not all joined on person_id: every row must "
             "belong to one person", hint="join them ON a.person_id = b.person_id (use IN or "
             "EXISTS ... WHERE x.person_id = y.person_id to filter)")
-    if scope.is_subquery and any(k[0] == id(scope) for k in nodes):
+    if scope.is_subquery and any(_reads_people(src, catalogue) for src in selected.values()):
+        local = any(k[0] == id(scope) for k in nodes)
         external = any(k[0] != id(scope) for k in nodes)
-        if not external and not _is_person_membership(scope, catalogue):
+        if not (local and external) and not _is_person_membership(scope, catalogue):
             raise SqlRejected(
                 "a subquery over people must be tied to the outer person by person_id "
                 "(person_id IN (SELECT person_id ...), or EXISTS (... WHERE x.person_id = "
@@ -844,7 +845,13 @@ def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
     if not any_agg:
         raise SqlRejected("the query (or a branch of its UNION) has no aggregate: the gateway releases aggregate tables only",
                           hint="add COUNT(DISTINCT person_id) or another aggregate")
+    projected = {p.unalias().sql() for p in tree.expressions}
     for key in group_keys(group):
         if _aggregates_of(key, tree):
             raise SqlRejected("an aggregate may not be a group key")
+        if not group_all and key.sql() not in projected:
+            raise SqlRejected(
+                f"GROUP BY {key.sql(dialect=DIALECT)[:60]} is not an output column: every group "
+                "key must be released, so that each row's cells are judged on its own group",
+                hint="add the expression to the SELECT list")
     return tuple(outputs)

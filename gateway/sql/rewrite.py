@@ -64,6 +64,7 @@ def rewrite(
     if single is not None:
         return single
     tree = analysis.tree.copy()
+    _safe_casts(tree)
     contributions = _contributions(analysis, obligations, catalogue, row_cap, top_n)
     person_level = any(
         (t := catalogue.table(name)) is not None and t.kind is TableKind.PERSON_LEVEL
@@ -134,6 +135,7 @@ def _contributions(
     if not measures:
         return None
     tree = analysis.tree.copy()
+    _safe_casts(tree)
     if not isinstance(tree, exp.Select):
         raise SqlRejected(
             "sums and averages of measures in a UNION cannot be checked for dominance",
@@ -238,6 +240,14 @@ def _people_for(
     return counted
 
 
+def _safe_casts(tree: exp.Expression) -> None:
+    """CAST becomes TRY_CAST: a conversion that fails gives NULL instead of an error, so the
+    presence of one person's unconvertible value cannot be read from whether a query fails."""
+    for cast in list(tree.find_all(exp.Cast)):
+        if type(cast) is exp.Cast:
+            cast.replace(exp.TryCast(this=cast.this.copy(), to=cast.args["to"].copy()))
+
+
 def _filter_scans(tree: exp.Select, obligations: Obligations, catalogue: Catalogue) -> None:
     """Replace every person-level table scan by the same table seen through the filters."""
     for table in list(tree.find_all(exp.Table)):
@@ -339,6 +349,7 @@ def _single_pass(
                for n in analysis.tables):
         return None
     tree = analysis.tree.copy()
+    _safe_casts(tree)
     aggs: dict[int, tuple[exp.Expression, exp.Expression | None]] = {}
     for i, o in enumerate(outputs):
         if o.kind != "aggregate":

@@ -223,6 +223,17 @@ HOSTILE: dict[str, list[str]] = {
         "FROM lsoa_lookup)",
         "SELECT p.sex, COUNT(*) FROM patients p WHERE p.year_of_birth = (SELECT "
         "q.year_of_birth FROM patients q WHERE q.lsoa_code = 'E01100179' LIMIT 1) GROUP BY 1",
+        "WITH c AS (SELECT SUM(e.value) AS s, COUNT(*) AS k FROM gp_events e JOIN patients q "
+        "ON q.person_id = e.person_id WHERE q.lsoa_code = 'E01100000' AND q.year_of_birth = "
+        "1939), t AS (SELECT p.person_id, (SELECT c.s FROM c) AS v, (SELECT c.k FROM c) AS k "
+        "FROM patients p) SELECT t.v, t.k, COUNT(*) FROM t GROUP BY t.v, t.k",
+        "WITH c AS (SELECT COUNT(*) AS n FROM patients WHERE lsoa_code = 'E01100000') "
+        "SELECT COUNT(*) FILTER (WHERE (SELECT c.n FROM c) = 1) FROM patients p",
+        "SELECT COUNT(*) FROM patients p WHERE (SELECT x.n FROM (SELECT COUNT(*) AS n FROM "
+        "patients q WHERE q.lsoa_code = 'E01100000') x) = 1",
+        "SELECT SUM(CASE WHEN p.lsoa_code = 'E01100000' THEN e.value ELSE 0.001 END) AS s, "
+        "COUNT(*) AS n FROM gp_events e JOIN patients p ON p.person_id = e.person_id "
+        "GROUP BY p.lsoa_code = 'E01100001'",
     ],
     "resource exhaustion": [
         "SELECT count(*) FROM patients WHERE " + " AND ".join(["(1 = 1"] * 80) + ")" * 80,

@@ -348,3 +348,41 @@ def test_a_filler_sum_cannot_pass_one_persons_value_as_a_count(server):
                            "p.jones")
     assert body["rows"] == [[None]]
     assert body["disclosure"]["suppressed"][0]["rule"].startswith("dominance")
+
+
+def test_a_failing_conversion_cannot_read_out_a_record(server, raw):
+    """CAST is TRY_CAST in the executed SQL: one person's text cannot surface in an error."""
+    (eth, practice) = raw.execute(
+        "SELECT ethnicity, practice_code FROM patients WHERE local_authority_code = ? "
+        "AND person_id NOT IN (SELECT person_id FROM opt_outs) ORDER BY person_id LIMIT 1",
+        [NORFOLK]).fetchone()
+    sql = ("SELECT COUNT(*) AS n FROM patients p WHERE CAST(CASE WHEN p.practice_code = "
+           f"'{practice}' THEN p.ethnicity || '|' || p.practice_code END AS INT) = 1")
+    resp = server.query("p.jones", sql, "JOINT-PLANNING", "planning")
+    assert resp.status_code == 200, resp.text
+    assert practice not in resp.text.replace(f"'{practice}'", "")
+    assert "TRY_CAST" in server.entry_for(resp)["executed_sql"]
+
+
+def test_engine_errors_are_generic(server):
+    sql = ("SELECT p.sex, SUM(CAST(p.year_of_birth AS BIGINT) * 9223372036854775807) AS x "
+           "FROM patients p GROUP BY p.sex")
+    resp = server.query("p.jones", sql, "JOINT-PLANNING", "planning")
+    assert resp.status_code == 400, resp.text
+    message = resp.json()["error"]["message"]
+    assert message.startswith("the engine could not run the query (") and "INT64" not in message
+    assert "9223372036854775807" not in server.entry_for(resp)["error"]
+
+
+def test_a_rollup_margin_is_never_judged_on_a_real_null_groups_contributions(server):
+    sql = ("SELECT CASE WHEN p.sex = 'F' THEN 'F' END AS k, SUM(CASE WHEN p.year_of_birth = "
+           "1939 AND p.sex = 'F' THEN e.value * 1000000 ELSE 0.001 END) AS s FROM gp_events e "
+           "JOIN patients p ON p.person_id = e.person_id WHERE e.value IS NOT NULL "
+           "GROUP BY ROLLUP (k)")
+    resp = server.query("p.jones", sql, "JOINT-PLANNING", "planning")
+    body = server.released(resp, "p.jones")
+    # the margin and the real NULL group share the key NULL; neither may give the other away
+    null_rows = [row for row in body["rows"] if row[0] is None]
+    assert len(null_rows) == 2 and all(row[1] is None for row in null_rows), body["rows"]
+    rules = {s["row"]: s["rule"] for s in body["disclosure"]["suppressed"]}
+    assert any("unknown" in r for r in rules.values())
