@@ -115,6 +115,9 @@ class Pipeline:
             contributions=_match_contributions(plan, raw, contributions), dominance=dominance,
         )
         controlled = self._secondary(analysis, plan, raw, controlled, names)
+        controlled, withheld = _withhold_small_groups(
+            controlled, people, output.min_people, _keyed_rows(analysis, plan, raw))
+        disclosure["rows_withheld"] = withheld
         if controlled.hold:
             disclosure["held_because"] = controlled.hold
         disclosure.update(
@@ -323,6 +326,43 @@ class Pipeline:
         log.info("audited", seq=entry["seq"], decision=record.get("decision"),
                  kind=record.get("event"), subject=record.get("subject"))
         return entry
+
+
+def _keyed_rows(analysis: Analysis, plan: Plan, raw: RawResult) -> list[bool]:
+    """Per row, whether it carries group keys taken from the data (not only constant labels
+    or the NULLs of a margin)."""
+    keys = [i for i, o in enumerate(plan.outputs) if o.kind == "group_key"]
+    out = []
+    for row in raw.rows:
+        if plan.branch_index is not None:
+            kinds = analysis.branch_kinds[row[plan.branch_index]]
+            out.append(any(kinds[i] == "group_key" for i in keys))
+        elif plan.grouping_index:
+            out.append(any(not row[h] for _, h in plan.grouping_index))
+        else:
+            out.append(bool(keys))
+    return out
+
+
+def _withhold_small_groups(controlled: Controlled, people: list[list[int | None]],
+                           min_people: int, keyed: list[bool]) -> tuple[Controlled, int]:
+    """A keyed row that no cell shows to rest on at least k people is not released at all: its
+    keys alone would describe fewer than k people (a CASE key can carry one person's exact
+    date), whatever zero or suppressed cells stand beside them. (Rows without keys, an
+    ungrouped total or a constant label, describe nobody and stay.)"""
+    drop = {r for r, row in enumerate(people)
+            if keyed[r] and max((n or 0 for n in row), default=min_people) < min_people}
+    if not drop:
+        return controlled, 0
+    new_index = {}
+    rows = []
+    for r, row in enumerate(controlled.rows):
+        if r not in drop:
+            new_index[r] = len(rows)
+            rows.append(row)
+    cells = tuple(SuppressedCell(new_index[c.row], c.column, c.rule)
+                  for c in controlled.suppressed if c.row in new_index)
+    return Controlled(rows, cells, controlled.rounded_columns, controlled.hold), len(drop)
 
 
 def _row_shapes(analysis: Analysis, plan: Plan, raw: RawResult) -> list[RowShape] | None:

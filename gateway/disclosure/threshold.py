@@ -46,11 +46,12 @@ def check_outputs(outputs) -> None:
     for out in outputs:
         if out.kind == "aggregate" and out.shape == "composite":
             raise SqlRejected(
-                f"output column {out.name!r} computes on aggregates (a ratio, a percentage, "
-                "arithmetic, an average of a non-measure); under the threshold regime that "
-                "would undo the rounding of the counts it is made from",
-                hint="release the counts and compute ratios from the released values",
-                code="output_not_allowed",
+                f"output column {out.name!r} is not a count or a plain sum or average of a "
+                "measure (a ratio, arithmetic on aggregates, a SUM/AVG of an expression or with "
+                "FILTER); under the threshold regime that could undo rounding or dominance",
+                hint="use COUNT, SUM(CASE WHEN ... THEN 1 ELSE 0 END), or SUM/AVG of a measure "
+                "column with the condition in WHERE or GROUP BY; compute ratios from released "
+                "values", code="output_not_allowed",
             )
 
 

@@ -509,8 +509,10 @@ def _check_person_links(scope: Scope, catalogue: Catalogue) -> None:
     for cond in conditions:
         if cond is None:
             continue
-        for eq in cond.find_all(exp.EQ):
-            if eq.find_ancestor(exp.Select) is not select:
+        # Only an equality that must hold for every row links people: a top-level conjunct.
+        # Under OR or NOT it does not (p.person_id = q.person_id OR ... is a cross join).
+        for eq in _conjuncts(cond):
+            if not isinstance(eq, exp.EQ):
                 continue
             a, b = eq.this, eq.expression
             if isinstance(a, exp.Column) and isinstance(b, exp.Column):
@@ -532,6 +534,14 @@ def _check_person_links(scope: Scope, catalogue: Catalogue) -> None:
                 "(person_id IN (SELECT person_id ...), or EXISTS (... WHERE x.person_id = "
                 "p.person_id)): otherwise it tests other people's records",
                 hint="filter people with person_id IN (SELECT person_id FROM ...)")
+
+
+def _conjuncts(cond: exp.Expression) -> list[exp.Expression]:
+    while isinstance(cond, exp.Paren | exp.Where):
+        cond = cond.this
+    if isinstance(cond, exp.And):
+        return _conjuncts(cond.this) + _conjuncts(cond.expression)
+    return [cond]
 
 
 def _is_person_membership(scope: Scope, catalogue: Catalogue) -> bool:
@@ -759,10 +769,14 @@ def _shape(node: exp.Expression, scope: Scope, catalogue: Catalogue) -> str:
         if _is_indicator(agg.this):
             # SUM(CASE WHEN ... THEN 1 ELSE 0 END) counts cases; AVG of it is a proportion
             return "count" if isinstance(agg, exp.Sum) else "composite"
-        # Any other sum or average is a magnitude: released as it is, but only after the
-        # dominance rules have looked at each person's share (a filler of 0.000001 for
-        # everyone else cannot make one person's value pass as a count).
-        return "measure"
+        arg = agg.this
+        origin = bare_origin(arg, scope, catalogue) if isinstance(arg, exp.Column) else None
+        if origin and origin[1].cls is ColumnClass.MEASURE and not isinstance(node, exp.Filter):
+            # A magnitude: released after the dominance rules have looked at each person's
+            # share. Only a bare measure column: a CASE, arithmetic, a constant offset or a
+            # FILTER would let two cells of one row differ by one person, or let everyone
+            # contribute the same filler so that one person's value passes dominance.
+            return "measure"
     return "composite"
 
 

@@ -231,6 +231,15 @@ HOSTILE: dict[str, list[str]] = {
         "SELECT COUNT(*) FILTER (WHERE (SELECT c.n FROM c) = 1) FROM patients p",
         "SELECT COUNT(*) FROM patients p WHERE (SELECT x.n FROM (SELECT COUNT(*) AS n FROM "
         "patients q WHERE q.lsoa_code = 'E01100000') x) = 1",
+        "SELECT SUM(h.length_of_stay) AS s, COUNT(DISTINCT p.person_id) AS n FROM patients p "
+        "JOIN patients q ON p.person_id = q.person_id OR (q.year_of_birth = 1982) "
+        "JOIN hospital_admissions h ON h.person_id = q.person_id",
+        "SELECT COUNT(*) AS n FROM patients p, patients q WHERE p.person_id = q.person_id OR "
+        "q.year_of_birth < 1926",
+        "SELECT COUNT(*) AS n FROM patients p WHERE EXISTS (SELECT 1 FROM patients q WHERE "
+        "(q.person_id = p.person_id AND 1 = 0) OR (q.year_of_birth = 1982))",
+        "SELECT COUNT(*) AS n FROM patients p WHERE NOT (p.person_id <> p.person_id) AND EXISTS "
+        "(SELECT 1 FROM deaths d WHERE NOT (d.person_id = p.person_id))",
         "SELECT SUM(CASE WHEN p.lsoa_code = 'E01100000' THEN e.value ELSE 0.001 END) AS s, "
         "COUNT(*) AS n FROM gp_events e JOIN patients p ON p.person_id = e.person_id "
         "GROUP BY p.lsoa_code = 'E01100001'",
