@@ -60,6 +60,8 @@ class Table:
     kind: TableKind
     description: str
     columns: tuple[Column, ...]
+    #: a reference table's unique key: joined on it, the table matches at most one row
+    key: str | None = None
 
     def column(self, name: str) -> Column | None:
         for col in self.columns:
@@ -186,7 +188,10 @@ def _load_dataset(path: Path) -> Dataset:
             kind=kind,
             description=_require(t, "description", str, twhere),
             columns=tuple(columns),
+            key=t.get("key"),
         )
+        if table.key is not None and table.column(table.key) is None:
+            raise CatalogueError(f"{twhere}.key: {table.key!r} is not a column of the table")
         keys = [c for c in table.columns if c.cls is ColumnClass.PERSON_KEY]
         if kind is TableKind.PERSON_LEVEL and len(keys) != 1:
             raise CatalogueError(

@@ -519,6 +519,7 @@ def _check_person_links(scope: Scope, catalogue: Catalogue) -> None:
                 na, nb = node_of(a), node_of(b)
                 if na and nb and na != nb:
                     parent[find(na)] = find(nb)
+    _check_lookups(scope, selected, conditions, catalogue)
     if len({find(n) for n in nodes}) > 1:
         names = sorted(alias for _, alias in nodes)
         raise SqlRejected(
@@ -534,6 +535,39 @@ def _check_person_links(scope: Scope, catalogue: Catalogue) -> None:
                 "(person_id IN (SELECT person_id ...), or EXISTS (... WHERE x.person_id = "
                 "p.person_id)): otherwise it tests other people's records",
                 hint="filter people with person_id IN (SELECT person_id FROM ...)")
+
+
+def _check_lookups(scope: Scope, selected: dict, conditions: list, catalogue: Catalogue) -> None:
+    """Beside people's rows, a source without people must match at most one row per person
+    row: a reference table joined on its key, by a top-level equality with a person-level
+    column. Joined any other way (OR, IN, a cross join) it makes filtered copies of people's
+    rows, and two cells of one result could then differ by one chosen person."""
+    people = {a for a, src in selected.items() if _is_person_source(src, catalogue)}
+    if not people:
+        return
+    equalities = [eq for cond in conditions if cond is not None for eq in _conjuncts(cond)
+                  if isinstance(eq, exp.EQ)]
+    for alias, source in selected.items():
+        if alias in people:
+            continue
+        table = catalogue.table(source.name) if isinstance(source, exp.Table) else None
+        if table is None or not table.key:
+            raise SqlRejected(
+                f"{alias!r} holds no people and cannot be joined to people's rows this way",
+                hint="join reference tables directly, on their key (lsoa_lookup on lsoa_code)")
+        keyed = False
+        for eq in equalities:
+            sides = [eq.this, eq.expression]
+            if all(isinstance(x, exp.Column) for x in sides):
+                mine = [x for x in sides if x.table == alias and x.name == table.key]
+                other = [x for x in sides if x.table in people]
+                keyed = keyed or bool(mine and other)
+        if not keyed:
+            raise SqlRejected(
+                f"reference table {table.name!r} must be joined on its key {table.key!r} to a "
+                "column of a person-level table (ON ref.key = person.column), so that it matches "
+                "at most one row per person row", hint=f"e.g. JOIN {table.name} l ON "
+                f"l.{table.key} = p.{table.key}")
 
 
 def _conjuncts(cond: exp.Expression) -> list[exp.Expression]:
@@ -560,7 +594,11 @@ def _is_person_membership(scope: Scope, catalogue: Catalogue) -> bool:
 
 def _check_group_keys(tree: exp.Select, scope: Scope, catalogue: Catalogue) -> None:
     """A bare measure as an outer group key would release each exact value (micro-data)."""
-    for key in group_keys(tree.args.get("group")):
+    group = tree.args.get("group")
+    keys = group_keys(group)
+    if group is not None and group.args.get("all"):
+        keys += [p.unalias() for p in tree.expressions if not _aggregates_of(p, tree)]
+    for key in keys:
         while isinstance(key, exp.Paren):
             key = key.this
         if not isinstance(key, exp.Column):

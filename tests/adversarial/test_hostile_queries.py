@@ -240,6 +240,13 @@ HOSTILE: dict[str, list[str]] = {
         "(q.person_id = p.person_id AND 1 = 0) OR (q.year_of_birth = 1982))",
         "SELECT COUNT(*) AS n FROM patients p WHERE NOT (p.person_id <> p.person_id) AND EXISTS "
         "(SELECT 1 FROM deaths d WHERE NOT (d.person_id = p.person_id))",
+        "SELECT l.lsoa_code, SUM(a.length_of_stay) AS s FROM hospital_admissions a JOIN "
+        "lsoa_lookup l ON l.lsoa_code IN ('E01100000', 'E01100001') AND (l.lsoa_code = "
+        "'E01100000' OR NOT (a.primary_diagnosis = 'I63')) GROUP BY l.lsoa_code",
+        "SELECT t.k, SUM(a.length_of_stay) AS s FROM hospital_admissions a JOIN (SELECT 1 AS k "
+        "UNION ALL SELECT 2) t ON t.k = 1 OR a.length_of_stay < 60 GROUP BY t.k",
+        "SELECT l.imd_decile, COUNT(*) FROM patients p CROSS JOIN lsoa_lookup l GROUP BY 1",
+        "SELECT length_of_stay, COUNT(*) FROM hospital_admissions GROUP BY ALL",
         "SELECT SUM(CASE WHEN p.lsoa_code = 'E01100000' THEN e.value ELSE 0.001 END) AS s, "
         "COUNT(*) AS n FROM gp_events e JOIN patients p ON p.person_id = e.person_id "
         "GROUP BY p.lsoa_code = 'E01100001'",

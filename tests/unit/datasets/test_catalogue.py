@@ -49,6 +49,7 @@ def test_registers_are_engine_only():
     assert cat.register(TableKind.CONSENT_REGISTER).name == "study_consents"
     assert cat.table("patients").person_key == "person_id"
     assert cat.table("lsoa_lookup").person_key is None
+    assert cat.table("lsoa_lookup").key == "lsoa_code"
 
 
 def test_adding_a_dataset_is_adding_a_file(tmp_path):
