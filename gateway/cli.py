@@ -237,6 +237,10 @@ def _print_result(body: dict) -> None:
     if "min_people" in d:
         notes.append(f"cells of fewer than {d['min_people']} people suppressed "
                      f"({len(suppressed)} here)")
+    if d.get("rows_withheld"):
+        notes.append(f"{d['rows_withheld']} small group(s) withheld")
+    if d.get("held_because"):
+        notes.append(f"held for review: {d['held_because']}")
     if d.get("rounded_columns"):
         notes.append(f"counts rounded to {d['rounding_base']} ({', '.join(d['rounded_columns'])})")
     console.print("; ".join(notes))
