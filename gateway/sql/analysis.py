@@ -818,6 +818,32 @@ def _shape(node: exp.Expression, scope: Scope, catalogue: Catalogue) -> str:
     return "composite"
 
 
+def _check_measure_cells(tree: exp.Select) -> None:
+    """Sums and averages in one row must add up the same rows, and not both of one column.
+
+    Two magnitudes over differently filtered rows (two LEFT JOINed subqueries, say) differ by
+    the people one of them leaves out; SUM and AVG of the same column divide to an exact count.
+    Found in review; conditions belong in WHERE or GROUP BY, where they apply to every cell.
+    """
+    sources: set[str] = set()
+    seen: dict[str, set[type]] = {}
+    for proj in tree.expressions:
+        for agg in _aggregates_of(proj, tree):
+            if isinstance(agg, exp.Sum | exp.Avg) and isinstance(agg.this, exp.Column) \
+                    and not _is_indicator(agg.this):
+                col = agg.this
+                sources.add(col.table)
+                seen.setdefault(col.sql(), set()).add(type(agg))
+    if len(sources) > 1:
+        raise SqlRejected(
+            f"sums and averages in one query must all read the same table (found "
+            f"{sorted(sources)}): cells over different rows would differ by the people one "
+            "leaves out", hint="one measure source per query; filter it in WHERE")
+    if any(len(kinds) > 1 for kinds in seen.values()):
+        raise SqlRejected("SUM and AVG of the same column in one query divide to an exact count",
+                          hint="release one of them; the count is released (rounded) by COUNT")
+
+
 def _is_indicator(node: exp.Expression) -> bool:
     """1, or a CASE/IF whose every outcome is 0, 1 or NULL: an expression that counts."""
     while isinstance(node, exp.Paren):
@@ -894,6 +920,7 @@ def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
         core = inner.this if isinstance(inner, exp.Filter) else inner
         additive = shape == "count" or (shape == "measure" and isinstance(core, exp.Sum))
         outputs.append(OutputColumn(name, "aggregate", shape, additive))
+    _check_measure_cells(tree)
     if not any_agg:
         raise SqlRejected("the query (or a branch of its UNION) has no aggregate: the gateway releases aggregate tables only",
                           hint="add COUNT(DISTINCT person_id) or another aggregate")

@@ -246,6 +246,11 @@ HOSTILE: dict[str, list[str]] = {
         "SELECT t.k, SUM(a.length_of_stay) AS s FROM hospital_admissions a JOIN (SELECT 1 AS k "
         "UNION ALL SELECT 2) t ON t.k = 1 OR a.length_of_stay < 60 GROUP BY t.k",
         "SELECT l.imd_decile, COUNT(*) FROM patients p CROSS JOIN lsoa_lookup l GROUP BY 1",
+        "WITH f AS (SELECT person_id, length_of_stay FROM hospital_admissions), g AS (SELECT "
+        "person_id, length_of_stay FROM f WHERE length_of_stay < 54) SELECT SUM(f.length_of_stay)"
+        " AS s1, SUM(g.length_of_stay) AS s2 FROM patients p LEFT JOIN f ON f.person_id = "
+        "p.person_id LEFT JOIN g ON g.person_id = p.person_id",
+        "SELECT SUM(h.length_of_stay) AS s, AVG(h.length_of_stay) AS a FROM hospital_admissions h",
         "SELECT length_of_stay, COUNT(*) FROM hospital_admissions GROUP BY ALL",
         "SELECT SUM(CASE WHEN p.lsoa_code = 'E01100000' THEN e.value ELSE 0.001 END) AS s, "
         "COUNT(*) AS n FROM gp_events e JOIN patients p ON p.person_id = e.person_id "
