@@ -818,27 +818,48 @@ def _shape(node: exp.Expression, scope: Scope, catalogue: Catalogue) -> str:
     return "composite"
 
 
-def _check_measure_cells(tree: exp.Select) -> None:
+def measure_origin(col: exp.Column, scope: Scope) -> tuple[int, str] | None:
+    """The base table reference (the very FROM/JOIN node) and column a column copies, through
+    derived tables; None if computed along the way."""
+    source = scope.sources.get(col.table)
+    if isinstance(source, exp.Table):
+        return id(source), col.name
+    if isinstance(source, Scope) and isinstance(source.expression, exp.Select):
+        for proj in source.expression.expressions:
+            if proj.alias_or_name == col.name:
+                inner = proj.unalias()
+                return measure_origin(inner, source) if isinstance(inner, exp.Column) else None
+    return None
+
+
+def _check_measure_cells(tree: exp.Select, scope: Scope) -> None:
     """Sums and averages in one row must add up the same rows, and not both of one column.
 
     Two magnitudes over differently filtered rows (two LEFT JOINed subqueries, say) differ by
     the people one of them leaves out; SUM and AVG of the same column divide to an exact count.
     Found in review; conditions belong in WHERE or GROUP BY, where they apply to every cell.
     """
-    sources: set[str] = set()
-    seen: dict[str, set[type]] = {}
+    # Compared on where the values really come from (the base table reference and column,
+    # through CTEs and aliases): two names for one column, or two references to one table
+    # inside a CTE, must not pass as one source or as two columns.
+    sources: set[tuple[str, int]] = set()
+    seen: dict[tuple[int, str], set[type]] = {}
     for proj in tree.expressions:
         for agg in _aggregates_of(proj, tree):
             if isinstance(agg, exp.Sum | exp.Avg) and isinstance(agg.this, exp.Column) \
                     and not _is_indicator(agg.this):
-                col = agg.this
-                sources.add(col.table)
-                seen.setdefault(col.sql(), set()).add(type(agg))
-    if len(sources) > 1:
+                origin = measure_origin(agg.this, scope)
+                if origin is None:
+                    raise SqlRejected("a sum or average must read a measure column as it is")
+                # the same source here (a filtered derived table is a different row set) and the
+                # same base reference beneath it (two references inside a CTE can differ)
+                sources.add((agg.this.table, origin[0]))
+                seen.setdefault(origin, set()).add(type(agg))
+    if len({a for a, _ in sources}) > 1 or len({o for _, o in sources}) > 1:
         raise SqlRejected(
-            f"sums and averages in one query must all read the same table (found "
-            f"{sorted(sources)}): cells over different rows would differ by the people one "
-            "leaves out", hint="one measure source per query; filter it in WHERE")
+            "sums and averages in one query must all read the same table reference: cells "
+            "over different rows would differ by the people one leaves out",
+            hint="one measure source per query; filter it in WHERE")
     if any(len(kinds) > 1 for kinds in seen.values()):
         raise SqlRejected("SUM and AVG of the same column in one query divide to an exact count",
                           hint="release one of them; the count is released (rounded) by COUNT")
@@ -920,7 +941,7 @@ def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
         core = inner.this if isinstance(inner, exp.Filter) else inner
         additive = shape == "count" or (shape == "measure" and isinstance(core, exp.Sum))
         outputs.append(OutputColumn(name, "aggregate", shape, additive))
-    _check_measure_cells(tree)
+    _check_measure_cells(tree, scope)
     if not any_agg:
         raise SqlRejected("the query (or a branch of its UNION) has no aggregate: the gateway releases aggregate tables only",
                           hint="add COUNT(DISTINCT person_id) or another aggregate")

@@ -251,6 +251,12 @@ HOSTILE: dict[str, list[str]] = {
         " AS s1, SUM(g.length_of_stay) AS s2 FROM patients p LEFT JOIN f ON f.person_id = "
         "p.person_id LEFT JOIN g ON g.person_id = p.person_id",
         "SELECT SUM(h.length_of_stay) AS s, AVG(h.length_of_stay) AS a FROM hospital_admissions h",
+        "WITH x AS (SELECT a.person_id, a.length_of_stay AS v1, b.length_of_stay AS v2 FROM "
+        "hospital_admissions a LEFT JOIN hospital_admissions b ON a.person_id = b.person_id AND "
+        "a.admission_date = b.admission_date AND b.person_id IN (SELECT person_id FROM patients "
+        "WHERE NOT (year_of_birth = 1976))) SELECT SUM(x.v1) AS s1, SUM(x.v2) AS s2 FROM x",
+        "WITH x AS (SELECT a.person_id, a.length_of_stay AS v1, a.length_of_stay AS v1b FROM "
+        "hospital_admissions a) SELECT SUM(x.v1) AS s, AVG(x.v1b) AS m FROM x",
         "SELECT length_of_stay, COUNT(*) FROM hospital_admissions GROUP BY ALL",
         "SELECT SUM(CASE WHEN p.lsoa_code = 'E01100000' THEN e.value ELSE 0.001 END) AS s, "
         "COUNT(*) AS n FROM gp_events e JOIN patients p ON p.person_id = e.person_id "
