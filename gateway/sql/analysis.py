@@ -832,6 +832,23 @@ def measure_origin(col: exp.Column, scope: Scope) -> tuple[int, str] | None:
     return None
 
 
+def lineage(node: exp.Expression, scope: Scope, depth: int = 0) -> set[tuple[str, str]]:
+    """Every base (table, column) an expression is computed from, through derived tables,
+    windows and aggregates."""
+    out: set[tuple[str, str]] = set()
+    if depth > 32:
+        return out
+    for col in node.find_all(exp.Column):
+        source = scope.sources.get(col.table)
+        if isinstance(source, exp.Table):
+            out.add((source.name.lower(), col.name))
+        elif isinstance(source, Scope) and isinstance(source.expression, exp.Select):
+            for proj in source.expression.expressions:
+                if proj.alias_or_name == col.name:
+                    out |= lineage(proj.unalias(), source, depth + 1)
+    return out
+
+
 def _check_measure_cells(tree: exp.Select, scope: Scope) -> None:
     """Sums and averages in one row must add up the same rows, and not both of one column.
 
@@ -863,6 +880,20 @@ def _check_measure_cells(tree: exp.Select, scope: Scope) -> None:
     if any(len(kinds) > 1 for kinds in seen.values()):
         raise SqlRejected("SUM and AVG of the same column in one query divide to an exact count",
                           hint="release one of them; the count is released (rounded) by COUNT")
+    # A key computed from the summed measure (a per-person total by window or subquery, a
+    # one-value band) divides the sum into an exact count of people.
+    summed = set()
+    for proj in tree.expressions:
+        for agg in _aggregates_of(proj, tree):
+            if isinstance(agg, exp.Sum | exp.Avg) and isinstance(agg.this, exp.Column):
+                summed |= lineage(agg.this, scope)
+    if summed:
+        for key in group_keys(tree.args.get("group")):
+            if lineage(key, scope) & summed:
+                raise SqlRejected(
+                    "a sum or average may not be grouped by a key computed from the same "
+                    "measure: the sum divided by the key gives an exact count",
+                    hint="group by other columns, or count people per band with COUNT")
 
 
 def _is_indicator(node: exp.Expression) -> bool:

@@ -154,7 +154,9 @@ def _contributions(
             total = exp.Filter(this=total, expression=node.expression.copy())
         inner.append(exp.alias_(total, f"__s{i}"))
     tree.set("expressions", inner)
-    tree.set("group", exp.Group(expressions=[*(e.copy() for e in group_exprs), rowpid.copy()]))
+    # constants are not grouped on (a bare integer in GROUP BY would be read as a position)
+    grouped = [e.copy() for e in group_exprs if not isinstance(e, exp.Literal)]
+    tree.set("group", exp.Group(expressions=[*grouped, rowpid.copy()]))
     for arg in ("order", "limit", "having", "distinct"):
         tree.set(arg, None)
     _filter_scans(tree, obligations, catalogue)

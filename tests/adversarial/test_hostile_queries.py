@@ -257,6 +257,11 @@ HOSTILE: dict[str, list[str]] = {
         "WHERE NOT (year_of_birth = 1976))) SELECT SUM(x.v1) AS s1, SUM(x.v2) AS s2 FROM x",
         "WITH x AS (SELECT a.person_id, a.length_of_stay AS v1, a.length_of_stay AS v1b FROM "
         "hospital_admissions a) SELECT SUM(x.v1) AS s, AVG(x.v1b) AS m FROM x",
+        "SELECT t.tot, SUM(t.length_of_stay) AS s FROM (SELECT person_id, length_of_stay, "
+        "SUM(length_of_stay) OVER (PARTITION BY person_id) AS tot FROM hospital_admissions) t "
+        "WHERE t.tot < 12 GROUP BY t.tot",
+        "SELECT CASE WHEN h.length_of_stay = 5 THEN 'five' ELSE 'other' END AS band, "
+        "SUM(h.length_of_stay) AS s FROM hospital_admissions h GROUP BY 1",
         "SELECT length_of_stay, COUNT(*) FROM hospital_admissions GROUP BY ALL",
         "SELECT SUM(CASE WHEN p.lsoa_code = 'E01100000' THEN e.value ELSE 0.001 END) AS s, "
         "COUNT(*) AS n FROM gp_events e JOIN patients p ON p.person_id = e.person_id "

@@ -422,3 +422,11 @@ def test_a_key_that_describes_one_person_is_never_released(server, raw, extra):
                            "p.jones")
     assert reg.isoformat() not in str(body["rows"])
     assert body["disclosure"]["rows_withheld"] >= 1
+
+
+def test_an_integer_constant_beside_a_sum_runs(server):
+    sql = ("SELECT 4 AS c, h.admission_method, SUM(h.length_of_stay) AS bed_days, "
+           "COUNT(DISTINCT h.person_id) AS people FROM hospital_admissions h "
+           "GROUP BY h.admission_method")
+    resp = server.query("p.jones", sql, "JOINT-PLANNING", "planning")
+    assert resp.status_code == 200, resp.text
