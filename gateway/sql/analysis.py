@@ -150,6 +150,7 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
                   for q, o in zip(outers, outer_selects(original), strict=True)]
     outputs = _combine(per_branch)
     _check_union_order(qualified, outers)
+    _check_measure_filters(qualified, outers)
     margins = any(isinstance(g, MARGINS) for q in outers
                   for g in (q.args.get("group").expressions if q.args.get("group") else []))
     if margins and len(outers) > 1:
@@ -847,6 +848,35 @@ def lineage(node: exp.Expression, scope: Scope, depth: int = 0) -> set[tuple[str
                 if proj.alias_or_name == col.name:
                     out |= lineage(proj.unalias(), source, depth + 1)
     return out
+
+
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Between, exp.In,
+                exp.Like, exp.ILike)
+
+
+def _check_measure_filters(tree: exp.Expression, outers: list[exp.Select]) -> None:
+    """A query that sums a measure may not compare that measure anywhere: a filter that pins
+    it to one value (= 1, BETWEEN 1 AND 1, < 2 for whole days) makes the sum a count times a
+    constant, an exact count past the rounding. IS [NOT] NULL is fine."""
+    scopes = {id(s.expression): s for s in traverse_scope(tree)}
+    summed: set[tuple[str, str]] = set()
+    for select in outers:
+        for proj in select.expressions:
+            for agg in _aggregates_of(proj, select):
+                if isinstance(agg, exp.Sum | exp.Avg) and isinstance(agg.this, exp.Column):
+                    summed |= lineage(agg.this, scopes[id(select)])
+    if not summed:
+        return
+    for cmp in tree.find_all(*_COMPARISONS):
+        scope = scopes.get(id(cmp.find_ancestor(exp.Select)))
+        if scope is None:
+            continue
+        if lineage(cmp, scope) & summed:
+            raise SqlRejected(
+                "a query that sums or averages a measure may not filter on that measure: a "
+                "filter that fixes its value turns the sum into an exact count",
+                hint="filter on other columns; to count people by stay length, use COUNT with "
+                "GROUP BY CASE bands, without the sum")
 
 
 def _check_measure_cells(tree: exp.Select, scope: Scope) -> None:

@@ -262,6 +262,12 @@ HOSTILE: dict[str, list[str]] = {
         "WHERE t.tot < 12 GROUP BY t.tot",
         "SELECT CASE WHEN h.length_of_stay = 5 THEN 'five' ELSE 'other' END AS band, "
         "SUM(h.length_of_stay) AS s FROM hospital_admissions h GROUP BY 1",
+        "SELECT p.sex, COUNT(*) AS n, SUM(a.length_of_stay) AS s FROM hospital_admissions a "
+        "JOIN patients p ON p.person_id = a.person_id WHERE a.length_of_stay = 1 GROUP BY p.sex",
+        "WITH x AS (SELECT person_id, length_of_stay FROM hospital_admissions WHERE "
+        "length_of_stay BETWEEN 3 AND 3) SELECT SUM(x.length_of_stay) AS s FROM x",
+        "SELECT p.sex, SUM(a.length_of_stay) AS s FROM patients p JOIN hospital_admissions a "
+        "ON p.person_id = a.person_id AND a.length_of_stay = 2 GROUP BY p.sex",
         "SELECT length_of_stay, COUNT(*) FROM hospital_admissions GROUP BY ALL",
         "SELECT SUM(CASE WHEN p.lsoa_code = 'E01100000' THEN e.value ELSE 0.001 END) AS s, "
         "COUNT(*) AS n FROM gp_events e JOIN patients p ON p.person_id = e.person_id "
