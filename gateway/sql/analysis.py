@@ -850,33 +850,42 @@ def lineage(node: exp.Expression, scope: Scope, depth: int = 0) -> set[tuple[str
     return out
 
 
-_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Between, exp.In,
-                exp.Like, exp.ILike)
-
-
 def _check_measure_filters(tree: exp.Expression, outers: list[exp.Select]) -> None:
-    """A query that sums a measure may not compare that measure anywhere: a filter that pins
-    it to one value (= 1, BETWEEN 1 AND 1, < 2 for whole days) makes the sum a count times a
-    constant, an exact count past the rounding. IS [NOT] NULL is fine."""
+    """In a query that sums or averages a measure, the measure may appear only as the bare
+    argument of that SUM/AVG, as the operand of IS [NOT] NULL, or passed through unchanged by
+    a derived table. Any other use (a comparison, a simple CASE, NULLIF, a cast, arithmetic)
+    could pin its value, and the sum would become an exact count, or reveal one person's value
+    by arithmetic. An allow-list of uses, so that new constructs are refused by default."""
     scopes = {id(s.expression): s for s in traverse_scope(tree)}
     summed: set[tuple[str, str]] = set()
+    allowed: set[int] = set()
     for select in outers:
         for proj in select.expressions:
             for agg in _aggregates_of(proj, select):
                 if isinstance(agg, exp.Sum | exp.Avg) and isinstance(agg.this, exp.Column):
                     summed |= lineage(agg.this, scopes[id(select)])
+                    allowed.add(id(agg.this))
     if not summed:
         return
-    for cmp in tree.find_all(*_COMPARISONS):
-        scope = scopes.get(id(cmp.find_ancestor(exp.Select)))
-        if scope is None:
+    for col in tree.find_all(exp.Column):
+        if id(col) in allowed:
             continue
-        if lineage(cmp, scope) & summed:
-            raise SqlRejected(
-                "a query that sums or averages a measure may not filter on that measure: a "
-                "filter that fixes its value turns the sum into an exact count",
-                hint="filter on other columns; to count people by stay length, use COUNT with "
-                "GROUP BY CASE bands, without the sum")
+        select = col.find_ancestor(exp.Select)
+        scope = scopes.get(id(select))
+        if scope is None or not lineage(col, scope) & summed:
+            continue
+        parent = col.parent
+        if isinstance(parent, exp.Is) and isinstance(parent.expression, exp.Null):
+            continue
+        if (parent is select or (isinstance(parent, exp.Alias) and parent.parent is select)) \
+                and not _is_in(select, outers):
+            continue  # a derived table passing the column through unchanged
+        raise SqlRejected(
+            "a query that sums or averages a measure may use that measure only as the sum's "
+            "argument (or in IS [NOT] NULL): anything else could fix its value and turn the "
+            "sum into an exact count, or reveal one person's value",
+            hint="filter and group on other columns; count people by bands of the measure in "
+            "a query without the sum")
 
 
 def _check_measure_cells(tree: exp.Select, scope: Scope) -> None:

@@ -268,6 +268,15 @@ HOSTILE: dict[str, list[str]] = {
         "length_of_stay BETWEEN 3 AND 3) SELECT SUM(x.length_of_stay) AS s FROM x",
         "SELECT p.sex, SUM(a.length_of_stay) AS s FROM patients p JOIN hospital_admissions a "
         "ON p.person_id = a.person_id AND a.length_of_stay = 2 GROUP BY p.sex",
+        "SELECT SUM(h.length_of_stay) AS s FROM hospital_admissions h JOIN patients p ON "
+        "p.person_id = h.person_id WHERE CASE h.length_of_stay WHEN 20 THEN TRUE ELSE FALSE END "
+        "OR (p.year_of_birth = 1928 AND p.sex = 'F')",
+        "SELECT SUM(h.length_of_stay) AS s FROM hospital_admissions h WHERE "
+        "NULLIF(h.length_of_stay, 1) IS NULL",
+        "SELECT SUM(h.length_of_stay) AS s FROM hospital_admissions h WHERE "
+        "NOT CAST(h.length_of_stay - 1 AS BOOLEAN)",
+        "WITH x AS (SELECT person_id, length_of_stay, length_of_stay * 0 + 1 AS one FROM "
+        "hospital_admissions) SELECT SUM(x.length_of_stay) AS s FROM x WHERE x.one = 1",
         "SELECT length_of_stay, COUNT(*) FROM hospital_admissions GROUP BY ALL",
         "SELECT SUM(CASE WHEN p.lsoa_code = 'E01100000' THEN e.value ELSE 0.001 END) AS s, "
         "COUNT(*) AS n FROM gp_events e JOIN patients p ON p.person_id = e.person_id "
