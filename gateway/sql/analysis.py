@@ -840,13 +840,31 @@ def lineage(node: exp.Expression, scope: Scope, depth: int = 0) -> set[tuple[str
     if depth > 32:
         return out
     for col in node.find_all(exp.Column):
-        source = scope.sources.get(col.table)
+        owner = scope if col.table in scope.sources else _owner(scope, col.table)
+        source = owner.sources.get(col.table) if owner is not None else None
         if isinstance(source, exp.Table):
             out.add((source.name.lower(), col.name))
-        elif isinstance(source, Scope) and isinstance(source.expression, exp.Select):
-            for proj in source.expression.expressions:
-                if proj.alias_or_name == col.name:
-                    out |= lineage(proj.unalias(), source, depth + 1)
+        elif isinstance(source, Scope):
+            out |= _scope_column_lineage(source, col.name, depth + 1)
+    return out
+
+
+def _scope_column_lineage(source: Scope, name: str, depth: int) -> set[tuple[str, str]]:
+    """What a derived table's column is computed from, through every branch of a UNION."""
+    if isinstance(source.expression, exp.Select):
+        for proj in source.expression.expressions:
+            if proj.alias_or_name == name:
+                return lineage(proj.unalias(), source, depth)
+        return set()
+    out: set[tuple[str, str]] = set()
+    for branch in outer_selects(source.expression) if isinstance(
+            source.expression, exp.Union) else []:
+        for i, proj in enumerate(branch.expressions):
+            first = outer_selects(source.expression)[0].expressions
+            if i < len(first) and first[i].alias_or_name == name:
+                scope = next((s for s in source.set_operation_scopes
+                              if s.expression is branch), source)
+                out |= lineage(proj.unalias(), scope, depth)
     return out
 
 

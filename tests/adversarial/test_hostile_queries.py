@@ -273,6 +273,11 @@ HOSTILE: dict[str, list[str]] = {
         "OR (p.year_of_birth = 1928 AND p.sex = 'F')",
         "SELECT SUM(h.length_of_stay) AS s FROM hospital_admissions h WHERE "
         "NULLIF(h.length_of_stay, 1) IS NULL",
+        "SELECT SUM(h.length_of_stay) AS tot FROM hospital_admissions h WHERE h.person_id IN "
+        "(SELECT q.person_id FROM patients q WHERE q.year_of_birth = 1926) OR EXISTS (SELECT 1 "
+        "FROM patients p WHERE p.person_id = h.person_id AND h.length_of_stay = 20)",
+        "SELECT SUM(s.weekly_cost) AS c FROM social_care s WHERE EXISTS (SELECT 1 FROM patients p "
+        "WHERE p.person_id = s.person_id AND s.weekly_cost > 1000)",
         "SELECT SUM(h.length_of_stay) AS s FROM hospital_admissions h WHERE "
         "NOT CAST(h.length_of_stay - 1 AS BOOLEAN)",
         "WITH x AS (SELECT person_id, length_of_stay, length_of_stay * 0 + 1 AS one FROM "
