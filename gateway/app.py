@@ -127,7 +127,12 @@ def create_app(settings: Settings) -> FastAPI:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         err = GatewayError(str(exc.detail), code={404: "not_found", 405: "method_not_allowed"}
                            .get(exc.status_code, "http_error"))
-        return JSONResponse(err.body(), status_code=exc.status_code,
+        status = exc.status_code
+        try:  # a probe of unknown paths is a bad input too: on the record
+            await run_in_threadpool(_audit_rejection, pipeline, request, err)
+        except GatewayError as audit_err:
+            err, status = audit_err, audit_err.status
+        return JSONResponse(err.body(), status_code=status,
                             headers=getattr(exc, "headers", None))
 
     @app.post("/v1/queries", tags=["queries"], responses=ERROR_RESPONSES,

@@ -263,10 +263,15 @@ def test_malformed_body_is_422_in_the_error_shape_and_audited(server):
     assert server.entry_for(resp)["decision"] == "refused"
 
 
-def test_unknown_path_is_json_404(server):
+def test_unknown_path_is_json_404_and_audited(server):
     resp = server.client.get("/v1/nothing-here")
     assert resp.status_code == 404
     assert resp.json()["error"]["code"] == "not_found"
+    entry = server.entry_for(resp)
+    assert entry["event"] == "request_rejected" and entry["path"] == "/v1/nothing-here"
+    wrong = server.client.delete("/v1/queries")
+    assert wrong.status_code == 405 and server.entry_for(wrong)["error_code"] == \
+        "method_not_allowed"
 
 
 def test_healthz(server):
