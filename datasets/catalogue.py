@@ -50,7 +50,11 @@ class Column:
     cls: ColumnClass
     description: str
     nullable: bool = False
+    #: the column's complete set of values, public knowledge (a code list): under
+    #: differential privacy, groups keyed by such columns need no noisy threshold
     values: tuple[str, ...] = ()
+    #: measures: the range a single value is clamped to under differential privacy
+    bounds: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,9 @@ class Table:
     columns: tuple[Column, ...]
     #: a reference table's unique key: joined on it, the table matches at most one row
     key: str | None = None
+    #: "person" when the table has exactly one row per person (checked when the engine loads
+    #: it): a group key taken from it puts each person in one cell
+    grain: str | None = None
 
     def column(self, name: str) -> Column | None:
         for col in self.columns:
@@ -180,6 +187,7 @@ def _load_dataset(path: Path) -> Dataset:
                     description=_require(c, "description", str, cwhere),
                     nullable=bool(c.get("nullable", False)),
                     values=tuple(c.get("values", ())),
+                    bounds=_bounds(c, cls, cwhere),
                 )
             )
         table = Table(
@@ -189,7 +197,12 @@ def _load_dataset(path: Path) -> Dataset:
             description=_require(t, "description", str, twhere),
             columns=tuple(columns),
             key=t.get("key"),
+            grain=t.get("grain"),
         )
+        if table.grain not in (None, "person"):
+            raise CatalogueError(f"{twhere}.grain: {table.grain!r}; the only grain is 'person'")
+        if table.grain and kind is not TableKind.PERSON_LEVEL:
+            raise CatalogueError(f"{twhere}.grain: only person_level tables have a grain")
         if table.key is not None and table.column(table.key) is None:
             raise CatalogueError(f"{twhere}.key: {table.key!r} is not a column of the table")
         keys = [c for c in table.columns if c.cls is ColumnClass.PERSON_KEY]
@@ -207,6 +220,19 @@ def _load_dataset(path: Path) -> Dataset:
         description=_require(ds, "description", str, f"{where}: [dataset]"),
         tables=tuple(tables),
     )
+
+
+def _bounds(c: dict, cls: ColumnClass, where: str) -> tuple[float, float] | None:
+    raw = c.get("bounds")
+    if raw is None:
+        return None
+    if cls is not ColumnClass.MEASURE:
+        raise CatalogueError(f"{where}.bounds: only measure columns have bounds")
+    if (not isinstance(raw, list) or len(raw) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw)
+            or not raw[0] < raw[1]):
+        raise CatalogueError(f"{where}.bounds: expected [lower, upper] numbers, lower < upper")
+    return float(raw[0]), float(raw[1])
 
 
 def _require(obj: dict, key: str, typ: type, where: str):

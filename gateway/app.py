@@ -23,6 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from audit import AuditTrail, EventFilter, to_csv
 from datasets import load_catalogue
 from gateway.auth import TokenVerifier
+from gateway.budget import BudgetLedger
+from gateway.disclosure.cellkey import load_secret
 from gateway.discovery import Discovery
 from gateway.engine import DuckDBEngine
 from gateway.errors import GatewayError, TooLarge
@@ -43,7 +45,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (400, "sql_rejected", "The SQL does not parse or is not allowed"),
         (401, "unauthenticated", "Missing or invalid bearer token"),
         (403, "policy_denied", "The policy does not permit the query"),
+        (404, "not_found", "No such query, project or path"),
         (413, "too_large", "Request body or result over its limit"),
+        (429, "budget_exhausted", "The project's privacy budget cannot pay for the query"),
         (503, "audit_unavailable", "The audit trail cannot be written"),
         (504, "query_timeout", "The query ran past the time limit"),
     ]
@@ -65,6 +69,9 @@ class QueryBody(BaseModel):
     sql: str = Field(description="One aggregate SELECT in the DuckDB dialect.")
     project: str = Field(max_length=100, description="The project the query is made under.")
     purpose: str = Field(max_length=100, description="The declared purpose.")
+    epsilon: float | None = Field(
+        None, gt=0, le=100, description="Differential privacy only: the epsilon to spend on "
+        "this query (the policy's epsilon_per_query if absent). Ignored by other regimes.")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -82,7 +89,14 @@ def create_app(settings: Settings) -> FastAPI:
     verifier = TokenVerifier(keys.token_public_pem, settings.token_issuer,
                              settings.token_audience, settings.token_leeway_s)
     results = ResultStore(settings.state_dir / "results.sqlite")
-    pipeline = Pipeline(settings, catalogue, policies, engine, verifier, trail, results)
+    ledger = BudgetLedger(settings.state_dir / "budget.sqlite")
+    interrupted = ledger.recover()
+    pipeline = Pipeline(settings, catalogue, policies, engine, verifier, trail, results,
+                        ledger, load_secret(settings.state_dir / "keys"))
+    if interrupted:
+        log.warning("budget_spends_interrupted", count=interrupted)
+        pipeline.audit({"event": "budget_recovered", "decision": "recorded",
+                        "interrupted_spends": interrupted})
     governance = Governance(pipeline, keys.audit_key, keys.checkpoint_public_key)
     discovery = Discovery(pipeline)
 
@@ -142,7 +156,7 @@ def create_app(settings: Settings) -> FastAPI:
         return pipeline.run(QueryRequest(
             request_id=request.state.request_id,
             authorization=request.headers.get("authorization"),
-            sql=body.sql, project=body.project, purpose=body.purpose,
+            sql=body.sql, project=body.project, purpose=body.purpose, epsilon=body.epsilon,
         ))
 
     @app.post("/v1/queries/explain", tags=["queries"], responses=ERROR_RESPONSES,
@@ -153,7 +167,7 @@ def create_app(settings: Settings) -> FastAPI:
         return pipeline.explain(QueryRequest(
             request_id=request.state.request_id,
             authorization=request.headers.get("authorization"),
-            sql=body.sql, project=body.project, purpose=body.purpose,
+            sql=body.sql, project=body.project, purpose=body.purpose, epsilon=body.epsilon,
         ))
 
     @app.get("/v1/catalogue", tags=["catalogue"], responses=ERROR_RESPONSES,
@@ -168,6 +182,13 @@ def create_app(settings: Settings) -> FastAPI:
         """A past query's status and released result: for its submitter and for IG staff."""
         return governance.query(request.state.request_id,
                                 request.headers.get("authorization"), query_id)
+
+    @app.get("/v1/projects/{project_id}/budget", tags=["projects"], responses=ERROR_RESPONSES,
+             dependencies=[Depends(bearer)])
+    def project_budget(project_id: str, request: Request) -> dict[str, Any]:
+        """A project's privacy budget: total, spent and left, for its members and IG staff."""
+        return governance.budget(request.state.request_id,
+                                 request.headers.get("authorization"), project_id)
 
     @app.get("/v1/audit/events", tags=["audit"], responses=ERROR_RESPONSES,
              dependencies=[Depends(bearer)])

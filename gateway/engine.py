@@ -43,6 +43,8 @@ class DuckDBEngine:
         threads: int,
     ) -> None:
         self.db_path = build_database(Path(data_dir), Path(state_dir), catalogue)
+        #: names the loaded data: a stored answer is reused only for the same data
+        self.data_version = self.db_path.stem.removeprefix("data-")
         self._con = _open_hardened(self.db_path, memory_limit=memory_limit, threads=threads)
         self._prove_hardened()
 
@@ -58,13 +60,16 @@ class DuckDBEngine:
             raise EngineSetupError(f"unexpected engine state: {exc}") from exc
         raise EngineSetupError("the engine connection can read files; refusing to serve")
 
-    def execute(self, sql: str, *, timeout_s: float, row_cap: int) -> RawResult:
+    def execute(self, sql: str, *, timeout_s: float, row_cap: int,
+                params: dict[str, Any] | None = None) -> RawResult:
+        """Run one query. ``params`` carries values that must not appear in the SQL text,
+        which is audited (the cell-key secret)."""
         cursor = self._con.cursor()
         timer = threading.Timer(timeout_s, cursor.interrupt)
         timer.daemon = True
         timer.start()
         try:
-            cursor.execute(sql)
+            cursor.execute(sql, params) if params else cursor.execute(sql)
             columns = tuple(d[0] for d in cursor.description)
             rows = cursor.fetchmany(row_cap + 1)
         except duckdb.InterruptException:
@@ -145,6 +150,14 @@ def build_database(data_dir: Path, state_dir: Path, catalogue: Catalogue) -> Pat
             select = ", ".join(f'CAST("{c.name}" AS {c.type}) AS "{c.name}"' for c in table.columns)
             con.execute(f'CREATE TABLE "{name}" AS SELECT {select} FROM read_parquet(?)',
                         [str(path)])
+            if table.grain == "person":
+                key = table.person_key
+                rows, people = con.execute(
+                    f'SELECT COUNT(*), COUNT(DISTINCT "{key}") FROM "{name}"').fetchone()
+                if rows != people:  # the privacy analysis relies on it
+                    raise EngineSetupError(
+                        f"{path.name}: the catalogue declares one row per person, but "
+                        f"{rows - people} rows repeat a {key}")
         con.execute("CHECKPOINT")
     except duckdb.Error as exc:
         raise EngineSetupError(f"cannot load the data directory: {exc}") from exc

@@ -67,8 +67,10 @@ class QueryFailed(GatewayError):
     status, code, decision = 400, "query_failed", "failed"
 
 
-class RegimeUnavailable(GatewayError):
-    status, code, decision = 403, "regime_unavailable", "denied"
+class BudgetExhausted(GatewayError):
+    """The project's privacy budget cannot pay for the query; nothing ran."""
+
+    status, code, decision = 429, "budget_exhausted", "refused"
 
 
 class AuditUnavailable(GatewayError):

@@ -83,6 +83,36 @@ class Governance:
         return {"query_id": query_id, "status": kept["status"], "submitted_by": kept["subject"],
                 "project": kept["project"], "recorded": kept["created"], "result": result}
 
+    def budget(self, request_id: str, authorization: str | None,
+               project: str) -> dict[str, Any]:
+        """A project's privacy budget, for the project's members and IG staff.
+
+        A member is a caller whose token names the project; the same 404 answers an unknown
+        project and one the caller is not a member of, so projects cannot be probed."""
+        record: dict[str, Any] = {"event": "budget_read", "request_id": request_id,
+                                  "project": project}
+        try:
+            caller = self.pipeline.verifier.verify(authorization)
+        except Unauthenticated as err:
+            self.pipeline.audit({**record, "decision": "refused", "error_code": err.code})
+            raise
+        record.update(subject=caller.sub, org=caller.org, roles=list(caller.roles))
+        policy = self.pipeline.policies.for_project(project)
+        if policy is None or (AUDITOR not in caller.roles and project not in caller.projects):
+            err = NotFound(f"no project {project!r} that you may read",
+                           hint="your token's projects claim lists your projects")
+            self.pipeline.audit({**record, "decision": "refused", "error_code": err.code})
+            raise err
+        self.pipeline.audit({**record, "decision": "permitted"})
+        output = policy.output
+        body: dict[str, Any] = {"project": project, "policy": policy.id, "regime": output.regime}
+        if output.regime != "dp":
+            return {**body, "epsilon_total": None, "epsilon_spent": None, "epsilon_left": None,
+                    "note": f"the {output.regime} regime spends no privacy budget"}
+        budget = self.pipeline.ledger.budget(project, output.epsilon_budget,
+                                             output.delta_budget)
+        return {**body, **budget.as_dict(), "epsilon_per_query": output.epsilon_per_query}
+
     def reviews(self, request_id: str, authorization: str | None) -> dict[str, Any]:
         """Outputs held for review, with the controlled table a reviewer must judge."""
         self._access(request_id, authorization, "review_list", {}, auditor_only=True)

@@ -8,6 +8,7 @@ an entry is durable before anything is returned: if it cannot be written, nothin
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import sqlite3
 import time
@@ -19,10 +20,14 @@ from functools import lru_cache
 from typing import Any
 
 import structlog
+from sqlglot import exp
 
 from audit import AuditTrail, AuditWriteError
 from datasets import Catalogue
 from gateway.auth import TokenVerifier
+from gateway.budget import BudgetLedger
+from gateway.disclosure import dp
+from gateway.disclosure.cellkey import SECRET_PARAM, PerturbationTable, apply_cell_key
 from gateway.disclosure.secondary import RowShape, protect, relations
 from gateway.disclosure.threshold import (
     Controlled,
@@ -34,14 +39,16 @@ from gateway.disclosure.threshold import (
 from gateway.engine import DuckDBEngine, RawResult
 from gateway.errors import (
     AuditUnavailable,
+    BudgetExhausted,
     GatewayError,
     PolicyDenied,
-    RegimeUnavailable,
+    SqlRejected,
     Unauthenticated,
 )
 from gateway.results import ResultStore
 from gateway.settings import Settings
 from gateway.sql.analysis import Analysis, analyse
+from gateway.sql.dp_rewrite import DpPlan, rewrite_dp
 from gateway.sql.rewrite import Plan, rewrite
 from policies import Caller, Decision, Facts, PolicySet, decide
 
@@ -55,6 +62,8 @@ class QueryRequest:
     sql: str
     project: str
     purpose: str
+    #: dp only: the epsilon to spend (the policy's epsilon_per_query if None)
+    epsilon: float | None = None
 
 
 class StateUnavailable(GatewayError):
@@ -71,6 +80,7 @@ class Pipeline:
     def __init__(
         self, settings: Settings, catalogue: Catalogue, policies: PolicySet,
         engine: DuckDBEngine, verifier: TokenVerifier, trail: AuditTrail, results: ResultStore,
+        ledger: BudgetLedger, cell_key_secret: str,
     ) -> None:
         self.settings = settings
         self.catalogue = catalogue
@@ -79,6 +89,8 @@ class Pipeline:
         self.verifier = verifier
         self.trail = trail
         self.results = results
+        self.ledger = ledger
+        self._cell_key_secret = cell_key_secret
         self._analyse = lru_cache(maxsize=1024)(self._analyse_uncached)
 
     def today(self) -> date:
@@ -109,6 +121,9 @@ class Pipeline:
         people = [[row[i] if i is not None else None for i in plan.people_index]
                   for row in raw.rows]
         dominance = Dominance(output.nk_n, output.nk_k, output.p_ratio)
+        if output.regime == "cell_key":
+            return self._control_cell_key(analysis, plan, raw, decision, contributions,
+                                          names, rows, people, dominance)
         controlled = apply_threshold(
             rows, names, [o.kind for o in plan.outputs], [o.is_count for o in plan.outputs],
             people, min_people=output.min_people, rounding_base=output.rounding_base,
@@ -130,6 +145,106 @@ class Pipeline:
             rounded_columns=list(controlled.rounded_columns),
         )
         return {"columns": names, "rows": controlled.rows, "disclosure": disclosure}
+
+    def _control_cell_key(self, analysis: Analysis, plan: Plan, raw: RawResult,
+                          decision: Decision, contributions: RawResult | None, names: list[str],
+                          rows: list[list[Any]], people: list[list[int | None]],
+                          dominance: Dominance) -> dict[str, Any]:
+        output = decision.obligations.output
+        keys = [[row[i] if i is not None else None for i in plan.key_index] for row in raw.rows]
+        table = PerturbationTable(output.ck_max_perturbation, output.ck_variance)
+        controlled = apply_cell_key(
+            rows, names, [o.kind for o in plan.outputs], _shapes(analysis), people, keys,
+            min_people=output.min_people, table=table,
+            magnitude_share=output.ck_magnitude_share,
+            contributions=_match_contributions(plan, raw, contributions), dominance=dominance)
+        controlled, withheld = _withhold_small_groups(
+            controlled, people, output.min_people, _keyed_rows(analysis, plan, raw))
+        disclosure = {
+            "regime": "cell_key", "epsilon_spent": None, "rows_withheld": withheld,
+            "min_people": output.min_people,
+            "perturbation": {"max": table.max_perturbation, "variance": table.variance,
+                             "magnitude_share": output.ck_magnitude_share},
+            "suppressed": [{"row": s.row, "column": s.column, "rule": s.rule}
+                           for s in controlled.suppressed],
+            "rounded_columns": [],
+            "note": "counts are perturbed by at most "
+                    f"{table.max_perturbation}, the same way every time for the same cell",
+        }
+        return {"columns": names, "rows": controlled.rows, "disclosure": disclosure}
+
+    # -- differential privacy -------------------------------------------------------------
+
+    def _dp_plan(self, analysis: Analysis, decision: Decision) -> DpPlan:
+        output = decision.obligations.output
+        return rewrite_dp(analysis, decision.obligations, self.catalogue,
+                          max_cells=output.max_cells_per_person,
+                          max_rows=output.max_rows_per_cell, row_cap=self.settings.row_cap)
+
+    def _dp_epsilon(self, req: QueryRequest, decision: Decision) -> float:
+        output = decision.obligations.output
+        epsilon = req.epsilon if req.epsilon is not None else output.epsilon_per_query
+        if not 0 < epsilon <= output.epsilon_budget:
+            raise SqlRejected(f"epsilon {epsilon:g} is outside (0, {output.epsilon_budget:g}], "
+                              "the project's whole budget", code="invalid_epsilon",
+                              hint="ask for a smaller epsilon")
+        return epsilon
+
+    def _run_dp(self, req: QueryRequest, caller: Caller, analysis: Analysis,
+                decision: Decision, record: dict[str, Any]) -> dict[str, Any]:
+        """Plan, price, spend, run, noise. Returns the body, or a stored answer's body."""
+        output = decision.obligations.output
+        plan = self._dp_plan(analysis, decision)
+        epsilon = self._dp_epsilon(req, decision)
+        mech = dp.build(plan, epsilon, output.delta_per_query)
+        record["executed_sql"] = plan.sql
+        fingerprint = hashlib.sha256(json.dumps(
+            [req.project, decision.policy_id, req.sql, repr(epsilon), output.delta_per_query,
+             self.engine.data_version]).encode()).hexdigest()
+        reservation = self.ledger.reserve(
+            project=req.project, fingerprint=fingerprint, request_id=req.request_id,
+            subject=caller.sub, epsilon=mech.epsilon_spent, delta=mech.delta_spent,
+            epsilon_total=output.epsilon_budget, delta_total=output.delta_budget)
+        budget = reservation.budget
+        if reservation.answer is not None:
+            record["repeat_of"] = reservation.answer["query_id"]
+            body = {k: reservation.answer[k] for k in ("columns", "rows", "disclosure")}
+            body["disclosure"] = {**body["disclosure"], "epsilon_spent": 0.0,
+                                  "delta_spent": 0.0, "epsilon_left": budget.epsilon_left,
+                                  "repeat_of": reservation.answer["query_id"],
+                                  "note": "an identical query was answered before: its answer "
+                                  "is returned and nothing is spent"}
+            return body
+        if not reservation.spent:
+            figures = {"epsilon_requested": mech.epsilon_spent,
+                       "delta_requested": mech.delta_spent, **budget.as_dict()}
+            raise BudgetExhausted(
+                f"project {req.project} has epsilon {budget.epsilon_left:.6g} left; this query "
+                f"needs {mech.epsilon_spent:.6g}", reasons=[figures],
+                hint="ask for a smaller epsilon (the answer will be noisier), or ask the data "
+                "controller about the project's budget")
+        record["epsilon_spent"] = mech.epsilon_spent
+        record["delta_spent"] = mech.delta_spent
+        record["dp_fingerprint"] = fingerprint
+        try:
+            raw = self.engine.execute(plan.sql, timeout_s=self.settings.query_timeout_s,
+                                      row_cap=10 * self.settings.row_cap)
+            names = [o.name for o in analysis.outputs]
+            released = dp.release(mech, raw.rows, names, [o.kind for o in analysis.outputs],
+                                  _constants(analysis))
+        except BaseException:
+            self.ledger.settle(project=req.project, fingerprint=fingerprint,
+                               request_id=req.request_id, answer=None)
+            raise
+        disclosure = {
+            "regime": "dp", "epsilon_spent": mech.epsilon_spent,
+            "delta_spent": mech.delta_spent, "epsilon_left": budget.epsilon_left,
+            "delta_left": budget.delta_left, "accuracy": released.accuracy,
+            "mechanism": mech.describe(), "suppressed": released.suppressed,
+            "rounded_columns": [],
+        }
+        return {"columns": names, "rows": released.rows, "disclosure": disclosure,
+                "_dp": (fingerprint, mech)}
 
     # -- the whole ----------------------------------------------------------------------
 
@@ -158,15 +273,23 @@ class Pipeline:
             }
             if decision.permitted:
                 output = decision.obligations.output
-                if output.regime == "threshold":
+                body.update(obligations=_obligations(decision), output=output.describe())
+                if output.regime == "dp" and _person_level(analysis, self.catalogue):
+                    plan = self._dp_plan(analysis, decision)
+                    mech = dp.build(plan, self._dp_epsilon(req, decision),
+                                    output.delta_per_query)
+                    body.update(executed_sql=plan.sql, contributions_sql=None,
+                                dp=mech.describe(), budget=self.ledger.budget(
+                                    req.project, output.epsilon_budget,
+                                    output.delta_budget).as_dict())
+                else:
                     check_outputs(analysis.outputs)
-                plan = rewrite(analysis, decision.obligations, self.catalogue,
-                               self.settings.row_cap)
-                body.update(obligations=_obligations(decision),
-                            output=output.describe(),
-                            executed_sql=plan.sql,
-                            contributions_sql=plan.contributions.sql
-                            if plan.contributions else None)
+                    plan = rewrite(analysis, decision.obligations, self.catalogue,
+                                   self.settings.row_cap,
+                                   cell_keys=output.regime == "cell_key")
+                    body.update(executed_sql=plan.sql,
+                                contributions_sql=plan.contributions.sql
+                                if plan.contributions else None)
         except GatewayError as err:
             self._close(record, started, err.decision, error=err)
             raise
@@ -207,29 +330,32 @@ class Pipeline:
             output = decision.obligations.output
             record["regime"] = output.regime
             record["obligations"] = _obligations(decision)
-            if output.regime != "threshold":
-                raise RegimeUnavailable(
-                    f"the {output.regime!r} output regime of policy {decision.policy_id!r} is "
-                    "not available in this build, so nothing can be released under it",
-                    hint="threshold policies (JOINT-PLANNING, OUTBREAK-2026) work today",
-                )
-            check_outputs(analysis.outputs)
-            stage = "rewrite"
-            plan = rewrite(analysis, decision.obligations, self.catalogue, self.settings.row_cap)
-            record["executed_sql"] = plan.sql
-            stage = "execute"
-            raw = self.engine.execute(plan.sql, timeout_s=self.settings.query_timeout_s,
-                                      row_cap=self.settings.row_cap)
-            contributions = None
-            if plan.contributions is not None and plan.contributions.inline_offset is not None:
-                contributions = _inline_contributions(plan, raw)
-            elif plan.contributions is not None:
-                record["contributions_sql"] = plan.contributions.sql
-                contributions = self.engine.execute(
-                    plan.contributions.sql, timeout_s=self.settings.query_timeout_s,
-                    row_cap=self.settings.row_cap)
-            stage = "control"
-            body = self._control(analysis, plan, raw, decision, contributions)
+            if output.regime == "dp" and _person_level(analysis, self.catalogue):
+                stage = "dp"
+                body = self._run_dp(req, caller, analysis, decision, record)
+            else:
+                check_outputs(analysis.outputs)
+                stage = "rewrite"
+                cell_keys = output.regime == "cell_key"
+                plan = rewrite(analysis, decision.obligations, self.catalogue,
+                               self.settings.row_cap, cell_keys=cell_keys)
+                record["executed_sql"] = plan.sql
+                params = {SECRET_PARAM: self._cell_key_secret} if cell_keys and \
+                    plan.person_level else None
+                stage = "execute"
+                raw = self.engine.execute(plan.sql, timeout_s=self.settings.query_timeout_s,
+                                          row_cap=self.settings.row_cap, params=params)
+                contributions = None
+                if (plan.contributions is not None
+                        and plan.contributions.inline_offset is not None):
+                    contributions = _inline_contributions(plan, raw)
+                elif plan.contributions is not None:
+                    record["contributions_sql"] = plan.contributions.sql
+                    contributions = self.engine.execute(
+                        plan.contributions.sql, timeout_s=self.settings.query_timeout_s,
+                        row_cap=self.settings.row_cap)
+                stage = "control"
+                body = self._control(analysis, plan, raw, decision, contributions)
         except GatewayError as err:
             self._close(record, started, err.decision, error=err)
             try:
@@ -244,12 +370,13 @@ class Pipeline:
             record["defect"] = type(exc).__name__
             self._close(record, started, "failed", error=err)
             raise err from None
+        spent = body.pop("_dp", None)  # (fingerprint, mechanisms) of a dp spend
         held = "held_because" in body["disclosure"]
         status = "held" if held else "released"
         record.update(rows_released=0 if held else len(body["rows"]),
                       cells_suppressed=[{"row": s["row"], "column": s["column"]}
                                         for s in body["disclosure"]["suppressed"]],
-                      epsilon_spent=None)
+                      epsilon_spent=body["disclosure"].get("epsilon_spent"))
         if held:
             record["held_because"] = body["disclosure"]["held_because"]
         response = {
@@ -261,17 +388,27 @@ class Pipeline:
         try:
             self._keep(req, caller, status, response)
         except StateUnavailable as err:
+            self._settle(req, spent, None)
             self._close(record, started, "failed", error=err)
             raise
         try:
             entry = self._close(record, started, status)
         except AuditUnavailable:
+            self._settle(req, spent, None)
             self.results.delete(req.request_id)
             raise
+        self._settle(req, spent, response)
         if held:  # nothing leaves until an IG reviewer releases it
             response = {**response, "rows": []}
         response["audit"] = {"seq": entry["seq"], "hash": entry["hash"]}
         return response
+
+    def _settle(self, req: QueryRequest, spent: tuple | None,
+                response: dict[str, Any] | None) -> None:
+        """Close a dp spend: keep its answer for identical queries, or mark it failed."""
+        if spent is not None:
+            self.ledger.settle(project=req.project, fingerprint=spent[0],
+                               request_id=req.request_id, answer=response)
 
     def _keep(self, req: QueryRequest, caller: Caller | None, status: str,
               body: dict[str, Any]) -> None:
@@ -326,6 +463,35 @@ class Pipeline:
         log.info("audited", seq=entry["seq"], decision=record.get("decision"),
                  kind=record.get("event"), subject=record.get("subject"))
         return entry
+
+
+def _person_level(analysis: Analysis, catalogue: Catalogue) -> bool:
+    return any((t := catalogue.table(n)) is not None and t.kind.value == "person_level"
+               for n in analysis.tables)
+
+
+def _shapes(analysis: Analysis) -> list[str]:
+    """Per output column: "count", "sum" or "average" (cell_key perturbs each its own way)."""
+    out = []
+    tree = analysis.tree
+    first = tree if isinstance(tree, exp.Select) else None
+    for i, o in enumerate(analysis.outputs):
+        if o.shape != "measure" or first is None:
+            out.append("count" if o.is_count else o.shape)
+            continue
+        node = first.expressions[i].unalias()
+        node = node.this if isinstance(node, exp.Filter) else node
+        out.append("average" if isinstance(node, exp.Avg) else "sum")
+    return out
+
+
+def _constants(analysis: Analysis) -> dict[int, Any]:
+    out = {}
+    for i, o in enumerate(analysis.outputs):
+        if o.kind == "constant" and isinstance(analysis.tree, exp.Select):
+            node = analysis.tree.expressions[i].unalias()
+            out[i] = node.to_py() if isinstance(node, exp.Literal) else node.sql()
+    return out
 
 
 def _keyed_rows(analysis: Analysis, plan: Plan, raw: RawResult) -> list[bool]:

@@ -166,7 +166,18 @@ class Output(Strict):
     nk_n: int = Field(default=2, ge=1, le=5, description="NK rule: the n largest contributors...")
     nk_k: float = Field(default=0.9, gt=0, le=1, description="...may not hold more than k of the total.")
     p_ratio: float = Field(default=0.1, ge=0, le=1, description="p% rule: the rest must be at least p of the largest.")
-    epsilon_budget: float | None = Field(default=None, gt=0)
+    # Differential privacy: the project's budget, the default cost of a query, and the
+    # per-person contribution bounds the rewrite enforces.
+    epsilon_budget: float | None = Field(default=None, gt=0, description="dp: the project's total epsilon.")
+    delta_budget: float = Field(default=1e-6, ge=0, lt=1, description="dp: the project's total delta (spent only by noisy thresholds).")
+    epsilon_per_query: float = Field(default=1.0, gt=0, description="dp: a query's epsilon unless it asks for another.")
+    delta_per_query: float = Field(default=1e-8, gt=0, lt=1, description="dp: the delta of a noisy threshold.")
+    max_cells_per_person: int = Field(default=5, ge=1, le=100, description="dp: a person counts in at most this many cells.")
+    max_rows_per_cell: int = Field(default=5, ge=1, le=1000, description="dp: at most this many of a person's rows count per cell.")
+    # Cell key: the perturbation table and the magnitude perturbation.
+    ck_max_perturbation: int = Field(default=2, ge=1, le=10, description="cell_key: no count moves by more than this.")
+    ck_variance: float = Field(default=1.0, gt=0, description="cell_key: the variance of the perturbation of a count.")
+    ck_magnitude_share: float = Field(default=0.5, gt=0, le=2, description="cell_key: a sum moves by up to this share of its largest contribution.")
 
     def describe(self) -> dict:
         """The parameters that matter for this regime, for callers and the audit trail."""
@@ -175,13 +186,29 @@ class Output(Strict):
                     "rounding_base": self.rounding_base, "nk_n": self.nk_n, "nk_k": self.nk_k,
                     "p_ratio": self.p_ratio}
         if self.regime == "dp":
-            return {"regime": "dp", "epsilon_budget": self.epsilon_budget}
-        return {"regime": self.regime}
+            return {"regime": "dp", "epsilon_budget": self.epsilon_budget,
+                    "delta_budget": self.delta_budget,
+                    "epsilon_per_query": self.epsilon_per_query,
+                    "delta_per_query": self.delta_per_query,
+                    "max_cells_per_person": self.max_cells_per_person,
+                    "max_rows_per_cell": self.max_rows_per_cell}
+        return {"regime": "cell_key", "min_people": self.min_people,
+                "max_perturbation": self.ck_max_perturbation, "variance": self.ck_variance,
+                "magnitude_share": self.ck_magnitude_share, "nk_n": self.nk_n,
+                "nk_k": self.nk_k, "p_ratio": self.p_ratio}
 
     @model_validator(mode="after")
     def _checks(self) -> Output:
         if self.regime == "dp" and self.epsilon_budget is None:
             raise ValueError("a dp regime needs an epsilon_budget")
+        if self.regime == "dp" and self.delta_per_query > self.delta_budget:
+            raise ValueError("delta_per_query is over the delta_budget")
+        if self.regime == "cell_key":
+            if self.min_people <= self.ck_max_perturbation:
+                raise ValueError("cell_key needs min_people above ck_max_perturbation, so no "
+                                 "released count can be perturbed below zero")
+            if self.ck_variance >= self.ck_max_perturbation ** 2:
+                raise ValueError("ck_variance must be below ck_max_perturbation squared")
         return self
 
 

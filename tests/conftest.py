@@ -84,13 +84,15 @@ class LiveServer:
                            audience=self.settings.token_audience, **claims)
 
     def query(self, sub: str | None, sql: str, project: str, purpose: str,
-              token: str | None = None) -> httpx.Response:
+              token: str | None = None, epsilon: float | None = None) -> httpx.Response:
         headers = {}
         tok = token if token is not None else (self.token(sub) if sub else None)
         if tok is not None:
             headers["Authorization"] = f"Bearer {tok}"
-        return self.client.post("/v1/queries", headers=headers,
-                                json={"sql": sql, "project": project, "purpose": purpose})
+        body = {"sql": sql, "project": project, "purpose": purpose}
+        if epsilon is not None:
+            body["epsilon"] = epsilon
+        return self.client.post("/v1/queries", headers=headers, json=body)
 
     def released(self, response: httpx.Response, submitter: str,
                  reviewer: str = "ig.lead") -> dict:

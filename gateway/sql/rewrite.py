@@ -19,6 +19,7 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from datasets import Catalogue, TableKind
 from datasets.catalogue import NEVER_QUERYABLE
+from gateway.disclosure.cellkey import SECRET_PARAM
 from gateway.errors import SqlRejected
 from gateway.sql.analysis import DIALECT, Analysis, OutputColumn, is_person_key, outer_selects
 from policies import ConsentCohort, Obligations, ResidenceFilter
@@ -54,13 +55,16 @@ class Plan:
     grouping_index: tuple[tuple[int, int], ...] = ()
     #: the hidden column that numbers the UNION branch of each row
     branch_index: int | None = None
+    #: cell_key regime: per output column, the hidden column holding its cell key (the XOR of
+    #: the record keys of the people behind it); the SQL then takes the secret as a parameter
+    key_index: tuple[int | None, ...] = ()
 
 
 def rewrite(
     analysis: Analysis, obligations: Obligations, catalogue: Catalogue, row_cap: int,
-    top_n: int = 2,
+    top_n: int = 2, cell_keys: bool = False,
 ) -> Plan:
-    single = _single_pass(analysis, obligations, catalogue, row_cap, top_n)
+    single = _single_pass(analysis, obligations, catalogue, row_cap, top_n, cell_keys)
     if single is not None:
         return single
     tree = analysis.tree.copy()
@@ -71,6 +75,7 @@ def rewrite(
         for name in analysis.tables
     )
     people_index: list[int | None] = [None] * len(analysis.outputs)
+    key_index: list[int | None] = [None] * len(analysis.outputs)
     aggregates = [i for i, o in enumerate(analysis.outputs) if o.kind == "aggregate"]
     hidden_count = 0
     if person_level:
@@ -96,6 +101,18 @@ def rewrite(
                 people_index[i] = len(analysis.outputs) + len(hidden)
                 seen[key] = people_index[i]
                 hidden.append(exp.alias_(people, f"{HIDDEN_PREFIX}{i}"))
+            if cell_keys:  # one cell key per distinct set of people, after the counts
+                width = len(analysis.outputs) + len(hidden)
+                for n, h in enumerate(list(hidden)):
+                    hidden.append(exp.alias_(cell_key_of(h.unalias()), f"__sdc_key_{n}"))
+                for i in aggregates:
+                    p = people_index[i]
+                    if p is not None and p >= len(analysis.outputs):
+                        key_index[i] = width + (p - len(analysis.outputs))
+                    elif p == i:  # COUNT(DISTINCT person) is its own people count
+                        key_index[i] = len(analysis.outputs) + len(hidden)
+                        hidden.append(exp.alias_(cell_key_of(branch.expressions[i].unalias()),
+                                                 f"__sdc_key_c{i}"))
             for h in hidden:
                 branch.append("expressions", h)
             hidden_count = len(hidden)
@@ -124,7 +141,32 @@ def rewrite(
     if not (isinstance(current, exp.Literal) and current.is_int and int(current.this) <= row_cap):
         tree.set("limit", exp.Limit(expression=exp.Literal.number(row_cap + 1)))
     return Plan(tree.sql(dialect=DIALECT), analysis.outputs, tuple(people_index), person_level,
-                row_cap, contributions, tuple(grouping_index), branch_index)
+                row_cap, contributions, tuple(grouping_index), branch_index,
+                tuple(key_index) if cell_keys else ())
+
+
+def record_key(person: exp.Expression) -> exp.Expression:
+    """A person's secret record key: 64 bits of MD5(secret || person key). MD5 rather than the
+    engine's own hash, whose values may change between engine versions: the key of a cell must
+    be the same in every session for the perturbation to be consistent."""
+    text = exp.DPipe(this=exp.Placeholder(this=SECRET_PARAM),
+                     expression=exp.Cast(this=person, to=exp.DataType.build("VARCHAR")))
+    return exp.Anonymous(this="md5_number_lower", expressions=[text])
+
+
+def cell_key_of(people: exp.Expression) -> exp.Expression:
+    """The cell key beside a COUNT(DISTINCT person) people count: the XOR of the distinct
+    people's record keys (the same people, the same FILTER)."""
+    node = people.copy()
+    count = node.this if isinstance(node, exp.Filter) else node
+    distinct = count.this
+    person = distinct.expressions[0] if isinstance(distinct, exp.Distinct) else distinct
+    key = exp.Anonymous(this="bit_xor", expressions=[
+        exp.Distinct(expressions=[record_key(person.copy())])])
+    if isinstance(node, exp.Filter):
+        node.set("this", key)
+        return node
+    return key
 
 
 def _contributions(
@@ -332,7 +374,8 @@ _DECOMPOSABLE = (exp.Count, exp.Sum, exp.Avg)
 
 
 def _single_pass(
-    analysis: Analysis, obligations: Obligations, catalogue: Catalogue, row_cap: int, top_n: int
+    analysis: Analysis, obligations: Obligations, catalogue: Catalogue, row_cap: int, top_n: int,
+    cell_keys: bool = False,
 ) -> Plan | None:
     """One query for results with sums or averages of measures, when the aggregates allow it.
 
@@ -392,6 +435,7 @@ def _single_pass(
     inner.append(exp.alias_(rowpid.copy(), "__pid"))
     outer: list[exp.Expression] = []
     people: list[exp.Expression] = []
+    cell_keys_sql: list[exp.Expression] = []
     tops: list[exp.Expression] = []
     for i, o in enumerate(outputs):
         if o.kind == "group_key":
@@ -421,8 +465,13 @@ def _single_pass(
                                                   expression=exp.Literal.number(0)))
         outer.append(exp.alias_(value, names[i], quoted=True))
         who = f"__n{i}" if isinstance(agg, exp.Sum) else f"__c{i}"
-        people.append(exp.alias_(filtered(exp.Count(this=exp.Star()), exp.GT(
-            this=exp.column(who), expression=exp.Literal.number(0))), f"{HIDDEN_PREFIX}{i}"))
+        behind = exp.GT(this=exp.column(who), expression=exp.Literal.number(0))
+        people.append(exp.alias_(filtered(exp.Count(this=exp.Star()), behind),
+                                 f"{HIDDEN_PREFIX}{i}"))
+        if cell_keys:  # one (cell, person) row per person: no DISTINCT needed
+            cell_keys_sql.append(exp.alias_(filtered(exp.Anonymous(
+                this="bit_xor", expressions=[record_key(exp.column("__pid"))]), behind),
+                f"__sdc_key_{i}"))
         if i in measures:
             tops += [exp.alias_(exp.Anonymous(this="max", expressions=[
                          exp.column(f"__s{i}"), exp.Literal.number(top_n)]), f"__top{i}"),
@@ -434,7 +483,7 @@ def _single_pass(
     for arg in ("order", "limit"):
         tree.set(arg, None)
     _filter_scans(tree, obligations, catalogue)
-    query = exp.select(*outer, *people, *tops).from_(
+    query = exp.select(*outer, *people, *tops, *cell_keys_sql).from_(
         exp.Subquery(this=tree, alias=exp.TableAlias(this=exp.to_identifier("__pp"))))
     if keys:
         query = query.group_by(*[exp.column(f"__k{i}") for i in keys])
@@ -452,5 +501,9 @@ def _single_pass(
     contributions = Contributions(
         "", tuple(i for i, o in enumerate(outputs) if o.kind != "aggregate"), tuple(measures),
         inline_offset=len(outputs) + len(agg_ids))
+    key_index: list[int | None] = [None] * len(outputs)
+    start = len(outputs) + len(agg_ids) + len(tops)
+    for n, i in enumerate(agg_ids):
+        key_index[i] = start + n
     return Plan(query.sql(dialect=DIALECT), outputs, tuple(people_index), True, row_cap,
-                contributions)
+                contributions, key_index=tuple(key_index) if cell_keys else ())

@@ -1,20 +1,18 @@
-"""The numbers move as the law says, over HTTP, against raw DuckDB.
+"""The numbers move as the law says, over HTTP, against raw DuckDB, under the shipped policies.
 
-The opt-out and the consent cohort follow the legal basis, whatever the output regime. The
-shipped s251 (dp) and consent (cell_key) policies cannot release until those regimes exist, so
-this test serves copies of the two with the threshold regime; everything else is as shipped.
+The opt-out and the consent cohort follow the legal basis, whatever the output regime: the s251
+project (dp) and the consent project (cell_key) are checked within their noise, the planning
+and regulation 3 projects (threshold) exactly, after rounding.
 """
 
 from __future__ import annotations
 
-import shutil
 from datetime import date
 
 import pytest
 from conftest import LiveServer, make_settings
 
 from gateway.disclosure.threshold import round_to_base
-from policies.loader import shipped_policies_dir
 
 DIABETICS_BY_SEX = ("SELECT p.sex, COUNT(DISTINCT p.person_id) AS people FROM patients p "
                     "WHERE p.person_id IN (SELECT person_id FROM gp_events "
@@ -27,15 +25,8 @@ IN_CARE = ("SELECT s.service_type, COUNT(DISTINCT s.person_id) AS people FROM so
 
 @pytest.fixture(scope="module")
 def live(data_dir, tmp_path_factory):
-    pol = tmp_path_factory.mktemp("policies")
-    shutil.copytree(shipped_policies_dir(), pol, dirs_exist_ok=True)
-    for name, old in [("diabetes-research-s251.toml", 'regime = "dp"\nepsilon_budget = 4.0'),
-                      ("frailty-cohort-consent.toml", 'regime = "cell_key"')]:
-        f = pol / name
-        assert old in f.read_text()
-        f.write_text(f.read_text().replace(old, 'regime = "threshold"\nmin_people = 8'))
-    server = LiveServer(make_settings(data_dir, tmp_path_factory.mktemp("state"),
-                                      policies_dir=pol))
+    """A server of its own: the s251 test spends the project's privacy budget."""
+    server = LiveServer(make_settings(data_dir, tmp_path_factory.mktemp("state")))
     yield server
     server.stop()
 
@@ -50,7 +41,9 @@ def rounded(truth: dict) -> dict:
 
 
 def test_s251_removes_opted_out_people_and_regulation_3_keeps_them(live, raw):
-    s251 = released(live.query("r.smith", DIABETICS_BY_SEX, "PRJ-0042", "research"))
+    resp = live.query("r.smith", DIABETICS_BY_SEX, "PRJ-0042", "research", epsilon=2.0)
+    s251 = released(resp)
+    half_width = resp.json()["disclosure"]["accuracy"]["people"]
     reg3 = released(live.query("m.brown", DIABETICS_BY_SEX, "OUTBREAK-2026",
                                "communicable_disease_control"))
     everyone = dict(raw.execute(
@@ -60,10 +53,12 @@ def test_s251_removes_opted_out_people_and_regulation_3_keeps_them(live, raw):
         "SELECT sex, count(*) FROM patients WHERE person_id IN (SELECT person_id FROM gp_events "
         "WHERE snomed_code = '44054006') AND person_id NOT IN (SELECT person_id FROM opt_outs) "
         "GROUP BY sex").fetchall())
-    assert s251 == rounded(opted_in)
     assert reg3 == rounded(everyone)
-    assert sum(everyone.values()) - sum(opted_in.values()) >= 10, "the difference shows"
-    assert s251 != reg3
+    assert half_width < 3
+    for sex in everyone:  # dp: within noise of the opted-in truth, and clearly not everyone
+        assert abs(s251[sex] - opted_in[sex]) <= 3 * half_width
+        assert everyone[sex] - opted_in[sex] > 6 * half_width, "the difference shows"
+        assert abs(s251[sex] - everyone[sex]) > 3 * half_width
 
 
 def test_opted_out_people_stay_out_after_death(live, raw):
@@ -82,7 +77,9 @@ def test_opted_out_people_stay_out_after_death(live, raw):
 
 
 def test_consent_cohort_only_withdrawn_excluded_opted_out_included(live, raw):
-    cohort = released(live.query("r.smith", IN_CARE, "PRJ-0077", "research"))
+    resp = live.query("r.smith", IN_CARE, "PRJ-0077", "research")
+    cohort = released(resp)
+    assert resp.json()["disclosure"]["regime"] == "cell_key"
     today = date(2026, 11, 23).isoformat()
     truth = dict(raw.execute(
         f"""SELECT s.service_type, count(DISTINCT s.person_id) FROM social_care s
@@ -90,7 +87,12 @@ def test_consent_cohort_only_withdrawn_excluded_opted_out_included(live, raw):
                                   WHERE study_id = 'FRAILTY-2025' AND consented_on <= DATE '{today}'
                                   AND (withdrawn_on IS NULL OR withdrawn_on > DATE '{today}'))
             GROUP BY 1""").fetchall())
-    assert cohort == rounded(truth)
+    assert cohort.keys() <= truth.keys()
+    for key, n in truth.items():  # cell key: withheld under 10 people, else within 2
+        if n < 10:
+            assert key not in cohort
+        else:
+            assert abs(cohort[key] - n) <= 2
     (withdrawn_in_care,) = raw.execute(
         f"""SELECT count(DISTINCT s.person_id) FROM social_care s JOIN study_consents c
             USING (person_id) WHERE c.study_id = 'FRAILTY-2025'
@@ -100,11 +102,3 @@ def test_consent_cohort_only_withdrawn_excluded_opted_out_included(live, raw):
             USING (person_id) WHERE c.study_id = 'FRAILTY-2025' AND c.withdrawn_on IS NULL
             AND s.person_id IN (SELECT person_id FROM opt_outs)""").fetchone()
     assert withdrawn_in_care > 0 and opted_out_in_cohort > 0, "both effects are in the data"
-
-
-def test_the_shipped_dp_and_cell_key_policies_do_not_release_yet(server):
-    for sub, project in [("r.smith", "PRJ-0042"), ("r.smith", "PRJ-0077")]:
-        resp = server.query(sub, IN_CARE if project == "PRJ-0077" else DIABETICS_BY_SEX,
-                            project, "research")
-        assert resp.status_code == 403
-        assert resp.json()["error"]["code"] == "regime_unavailable"

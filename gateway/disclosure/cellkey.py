@@ -1,0 +1,166 @@
+"""The ``cell_key`` regime: consistent perturbation, after the ONS and ABS cell key method.
+
+Each person has a secret record key: 64 bits of a keyed MD5 of the person key, computed inside
+the rewritten query from a secret held in the state directory and passed as a query parameter
+(so it is never in the SQL text, the audit trail, the data or the response). A cell's key is the
+XOR of the record keys of the distinct people behind it: uniform, and the same for the same
+people whatever the query that gathered them. The perturbation of a cell is drawn from the
+perturbation table by a uniform number derived from (cell key, cell value), so the same cell
+always gets the same answer, in any query and any session: repeating a query, or asking it
+another way, gives nothing new to average away. A differencing pair (a cell with and without
+one person) has two unrelated keys, so the difference of the answers is the true difference
+plus two independent perturbations.
+
+The perturbation table is a discrete Gaussian truncated to [-D, D] whose variance is V (the
+largest-entropy distribution on that support with that variance): D = 2 and V = 1 by default,
+so a released count is within 2 of the truth, and zero on average. Cells of fewer than
+``min_people`` people are suppressed before any perturbation, zeros stay zero, and since
+``min_people`` > D no released count can be negative.
+
+Sums and averages of a measure pass the dominance rules of the threshold regime, then move by
+a share of the largest single contribution, drawn from the cell key the same way: the one
+contribution that differencing could isolate is blurred by noise of its own size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.disclosure.threshold import Contribution, Controlled, Dominance, SuppressedCell
+
+#: the record-key expression's parameter name in the rewritten SQL
+SECRET_PARAM = "sde_cell_key_secret"  # noqa: S105 (a parameter name, not a secret)
+SECRET_FILE = "cell-key-secret.key"  # noqa: S105 (a file name)
+
+
+def load_secret(keys_dir: Path) -> str:
+    """The secret, created on first use with owner-only permissions."""
+    path = Path(keys_dir) / SECRET_FILE
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w", encoding="ascii") as fh:
+            fh.write(secrets.token_hex(32))
+        tmp.replace(path)
+    return path.read_text(encoding="ascii").strip()
+
+
+@dataclass(frozen=True)
+class PerturbationTable:
+    """P(d) for d in [-D, D]: p(d) proportional to exp(-lam * d^2), lam set so the variance is V."""
+
+    max_perturbation: int = 2
+    variance: float = 1.0
+
+    def __post_init__(self) -> None:
+        d = self.max_perturbation
+        if d < 1 or not 0 < self.variance < d * d * 0.999:
+            raise ValueError("the perturbation table needs D >= 1 and 0 < V < D^2")
+
+    @property
+    def probabilities(self) -> dict[int, float]:
+        return _table(self.max_perturbation, self.variance)
+
+    def perturbation(self, u: float) -> int:
+        """The perturbation at uniform position ``u`` in [0, 1) (inverse CDF)."""
+        cumulative = 0.0
+        items = sorted(self.probabilities.items())
+        for d, p in items:
+            cumulative += p
+            if u < cumulative:
+                return d
+        return items[-1][0]
+
+
+def _table(d: int, variance: float) -> dict[int, float]:
+    support = range(-d, d + 1)
+
+    def dist(lam: float) -> dict[int, float]:
+        w = {k: math.exp(-lam * k * k) for k in support}
+        total = sum(w.values())
+        return {k: v / total for k, v in w.items()}
+
+    def var(lam: float) -> float:
+        return sum(k * k * p for k, p in dist(lam).items())
+
+    lo, hi = -50.0, 50.0  # var is decreasing in lam
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if var(mid) > variance:
+            lo = mid
+        else:
+            hi = mid
+    return dist((lo + hi) / 2)
+
+
+def uniform(cell_key: int, value: Any, salt: str) -> float:
+    """A uniform number in [0, 1) fixed by the cell key and the cell value."""
+    digest = hashlib.blake2b(f"{salt}|{int(cell_key)}|{value!r}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") / 2.0**64
+
+
+def apply_cell_key(
+    rows: list[list[Any]],
+    columns: list[str],
+    kinds: list[str],
+    shapes: list[str],
+    people: list[list[int | None]],
+    keys: list[list[int | None]],
+    *,
+    min_people: int,
+    table: PerturbationTable,
+    magnitude_share: float = 0.5,
+    contributions: list[dict[int, Contribution | None]] | None = None,
+    dominance: Dominance | None = None,
+) -> Controlled:
+    """Suppress small cells, then perturb each released cell from its cell key.
+
+    ``keys[r][c]`` is the XOR of the record keys of the people behind cell (r, c).
+    """
+    dominance = dominance or Dominance()
+    out: list[list[Any]] = []
+    suppressed: list[SuppressedCell] = []
+    for r, row in enumerate(rows):
+        new = list(row)
+        for c, kind in enumerate(kinds):
+            if kind != "aggregate" or people[r][c] is None:
+                continue
+            n = people[r][c]
+            value = new[c]
+            if 0 < n < min_people:
+                new[c] = None
+                suppressed.append(SuppressedCell(r, columns[c],
+                                                 f"small_cell: fewer than {min_people} people"))
+                continue
+            if value is None or n == 0:
+                continue  # a true zero (or an empty sum) stays as it is
+            if isinstance(value, float) and not math.isfinite(value):
+                new[c] = None
+                suppressed.append(SuppressedCell(r, columns[c], "not a finite number"))
+                continue
+            key = keys[r][c] or 0
+            if shapes[c] == "count":
+                new[c] = max(0, int(value) + table.perturbation(uniform(key, int(value), "n")))
+                continue
+            contribution = contributions[r].get(c) if contributions is not None else None
+            why = dominance.verdict(contribution)
+            if why:
+                new[c] = None
+                suppressed.append(SuppressedCell(r, columns[c], why))
+                continue
+            top = max((abs(float(v)) for v in contribution[0] if v is not None), default=0.0)
+            share = (2 * uniform(key, round(float(value), 6), "m") - 1) * magnitude_share
+            moved = share * top
+            # an average moves by the same amount per contributor's worth of the total
+            total = float(contribution[1] or 0.0)
+            if total and shapes[c] == "average":
+                moved = moved * float(value) / total
+            new[c] = float(value) + moved
+        out.append(new)
+    return Controlled(out, tuple(suppressed), ())
