@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -49,6 +53,31 @@ def raw(data_dir) -> Iterator[duckdb.DuckDBPyConnection]:
         con.execute(f"CREATE VIEW {f.stem} AS SELECT * FROM read_parquet('{f}')")
     yield con
     con.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server_process(data_dir: Path, state: Path, port: int) -> subprocess.Popen:
+    """`sde-gateway serve` in a process of its own, to be killed for real."""
+    # logs to a file, not a pipe: a pipe nobody reads fills up and blocks the server
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--data", str(data_dir), "--state-dir",
+         str(state), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(log.read().decode())
+        time.sleep(0.2)
+    raise RuntimeError("server did not start")
 
 
 class LiveServer:

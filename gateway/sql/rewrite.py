@@ -102,17 +102,17 @@ def rewrite(
                 seen[key] = people_index[i]
                 hidden.append(exp.alias_(people, f"{HIDDEN_PREFIX}{i}"))
             if cell_keys:  # one cell key per distinct set of people, after the counts
-                width = len(analysis.outputs) + len(hidden)
-                for n, h in enumerate(list(hidden)):
-                    hidden.append(exp.alias_(cell_key_of(h.unalias()), f"__sdc_key_{n}"))
+                keys_at: dict[str, int] = {}
                 for i in aggregates:
                     p = people_index[i]
-                    if p is not None and p >= len(analysis.outputs):
-                        key_index[i] = width + (p - len(analysis.outputs))
-                    elif p == i:  # COUNT(DISTINCT person) is its own people count
-                        key_index[i] = len(analysis.outputs) + len(hidden)
-                        hidden.append(exp.alias_(cell_key_of(branch.expressions[i].unalias()),
-                                                 f"__sdc_key_c{i}"))
+                    counted = (hidden[p - len(analysis.outputs)].unalias()
+                               if p >= len(analysis.outputs) else branch.expressions[i].unalias())
+                    key_expr = cell_key_of(counted)
+                    text = key_expr.sql(dialect=DIALECT)
+                    if text not in keys_at or not single:
+                        keys_at[text] = len(analysis.outputs) + len(hidden)
+                        hidden.append(exp.alias_(key_expr, f"__sdc_key_{i}"))
+                    key_index[i] = keys_at[text]
             for h in hidden:
                 branch.append("expressions", h)
             hidden_count = len(hidden)

@@ -7,42 +7,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import LiveServer, make_settings
+from conftest import LiveServer, free_port, make_settings, start_server_process
 
 from audit import verify_trail
 from gateway.state import ensure_state
 
 RELEASE_SQL = "SELECT p.sex, COUNT(DISTINCT p.person_id) AS people FROM patients p GROUP BY p.sex"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(data_dir: Path, state: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--data", str(data_dir), "--state-dir",
-         str(state), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stderr.read().decode())
-        time.sleep(0.2)
-    raise RuntimeError("server did not start")
 
 
 def test_sigkill_under_load_leaves_a_verifiable_trail_with_every_answer_in_it(data_dir, tmp_path):
@@ -53,8 +29,8 @@ def test_sigkill_under_load_leaves_a_verifiable_trail_with_every_answer_in_it(da
     token = issue_token(keys.token_private_pem, issuer="sde-gateway", audience="sde-gateway",
                         sub="p.jones", org="E10000020", org_type="local_authority",
                         roles=["planner"], projects=["JOINT-PLANNING"])
-    port = _free_port()
-    proc = _start(data_dir, state, port)
+    port = free_port()
+    proc = start_server_process(data_dir, state, port)
     answered: list[tuple[str, int]] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -97,7 +73,7 @@ def test_sigkill_under_load_leaves_a_verifiable_trail_with_every_answer_in_it(da
         assert (entry["decision"] == "released") == (status == 200)
 
     # restarting recovers any torn tail (and records it) and the trail verifies
-    proc = _start(data_dir, state, port)
+    proc = start_server_process(data_dir, state, port)
     try:
         after = verify_trail(trail, keys.audit_key, public_key=keys.checkpoint_public_key)
         assert after.ok, after.reason
