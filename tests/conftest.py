@@ -64,7 +64,7 @@ def free_port() -> int:
 def start_server_process(data_dir: Path, state: Path, port: int) -> subprocess.Popen:
     """`sde-gateway serve` in a process of its own, to be killed for real."""
     # logs to a file, not a pipe: a pipe nobody reads fills up and blocks the server
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the process)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--data", str(data_dir), "--state-dir",
          str(state), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=log)
