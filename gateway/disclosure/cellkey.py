@@ -161,6 +161,8 @@ def apply_cell_key(
             total = float(contribution[1] or 0.0)
             if total and shapes[c] == "average":
                 moved = moved * float(value) / total
-            new[c] = float(value) + moved
+            # to the cent: the engine's summation order moves the last bits of a float sum,
+            # and a repeat must give the very same answer
+            new[c] = round(float(value) + moved, 2)
         out.append(new)
     return Controlled(out, tuple(suppressed), ())

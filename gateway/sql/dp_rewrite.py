@@ -143,8 +143,9 @@ def _statistic(i: int, node: exp.Expression, scope, catalogue: Catalogue, max_ro
         return exp.Filter(this=e, expression=cond.copy()) if cond is not None else e
 
     def least(e: exp.Expression, n: int) -> exp.Expression:
-        return exp.Least(this=exp.Coalesce(this=e, expressions=[exp.Literal.number(0)]),
-                         expressions=[exp.Literal.number(n)])
+        # the engine's own LEAST: sqlglot's generic one spells out a NULL check around it
+        return exp.Anonymous(this="least", expressions=[
+            exp.Coalesce(this=e, expressions=[exp.Literal.number(0)]), exp.Literal.number(n)])
 
     arg = agg.this
     if isinstance(agg, exp.Count):
@@ -164,8 +165,9 @@ def _statistic(i: int, node: exp.Expression, scope, catalogue: Catalogue, max_ro
         column = origin[1] if origin else None
         if column is not None and column.cls is ColumnClass.MEASURE and column.bounds:
             lo, hi = column.bounds
-            clamped = exp.Least(this=exp.Greatest(this=arg.copy(), expressions=[
-                exp.Literal.number(lo)]), expressions=[exp.Literal.number(hi)])
+            clamped = exp.Anonymous(this="least", expressions=[exp.Anonymous(
+                this="greatest", expressions=[arg.copy(), exp.Literal.number(lo)]),
+                exp.Literal.number(hi)])
             n = filtered(exp.Count(this=arg.copy()))
             kept = least(n.copy(), max_rows)
             total = exp.Coalesce(this=exp.Div(
