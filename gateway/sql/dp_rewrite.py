@@ -109,23 +109,27 @@ def rewrite_dp(analysis: Analysis, obligations: Obligations, catalogue: Catalogu
         tree.set(arg, None)
     one_cell = all(_person_grain(key_exprs[i], scope, catalogue) for i in keys)
     cells = 1 if one_cell else max_cells
-    if not one_cell:
-        chooser = exp.Anonymous(this="hash", expressions=[
-            *[key_exprs[i].copy() for i in keys], rowpid.copy()])
-        rank = exp.Window(this=exp.RowNumber(), partition_by=[rowpid.copy()],
-                          order=exp.Order(expressions=[exp.Ordered(this=chooser)]))
-        tree.set("qualify", exp.Qualify(this=exp.LTE(
-            this=rank, expression=exp.Literal.number(max_cells))))
     _filter_scans(tree, obligations, catalogue)
-    query = exp.select(*outer).from_(
-        exp.Subquery(this=tree, alias=exp.TableAlias(this=exp.to_identifier("__pp"))))
-    if keys:
-        query = query.group_by(*[exp.column(f"__k{i}") for i in keys])
+    source = tree.sql(dialect=DIALECT)
+    if not one_cell:
+        # A person in more than L cells keeps the L of them with the smallest hash of (keys,
+        # person): a choice made from their own rows only. Only those people are ranked: a
+        # window over everyone costs more than the rest of the query.
+        chosen = ", ".join([*(f"__k{i}" for i in keys), "__pid"])
+        source = (
+            f"WITH __parts AS ({source}), __many AS (SELECT __pid FROM __parts GROUP BY __pid "
+            f"HAVING COUNT(*) > {max_cells}) "
+            f"SELECT * FROM __parts WHERE __pid NOT IN (SELECT __pid FROM __many) UNION ALL "
+            f"SELECT * FROM __parts WHERE __pid IN (SELECT __pid FROM __many) "
+            f"QUALIFY ROW_NUMBER() OVER (PARTITION BY __pid ORDER BY HASH({chosen})) "
+            f"<= {max_cells}")
+    group = f" GROUP BY {', '.join(f'__k{i}' for i in keys)}" if keys else ""
     # The number of exact cells is itself data: cap it well above what can be released.
-    query.set("limit", exp.Limit(expression=exp.Literal.number(10 * row_cap + 1)))
+    sql = (f"SELECT {', '.join(e.sql(dialect=DIALECT) for e in outer)} FROM ({source}) AS __pp"
+           f"{group} LIMIT {10 * row_cap + 1}")
     domains = _public_domains([key_exprs[i] for i in keys], scope, catalogue)
     return DpPlan(
-        sql=query.sql(dialect=DIALECT), keys=tuple(keys),
+        sql=sql, keys=tuple(keys),
         key_columns=tuple(names[i] for i in keys), public_domains=domains,
         statistics=tuple(stats), cells_per_person=cells,
         order=_order(analysis.tree, keys, key_exprs, names),

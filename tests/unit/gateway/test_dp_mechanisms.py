@@ -17,7 +17,7 @@ from scipy import stats
 from gateway.disclosure import dp
 from gateway.sql.dp_rewrite import DpPlan, DpStatistic
 
-RUNS = 3000
+RUNS = 6000
 
 
 def plan_of(*statistics: DpStatistic, public: bool = True, cells: int = 1) -> DpPlan:
@@ -45,8 +45,8 @@ def test_sum_noise_is_laplace_of_the_promised_scale():
     rows = [("a", 1_000_000.0, 0, 0), ("b", 2_000_000.0, 0, 0)]  # far from the clip at zero
     sample = noise(mech, rows, 1)
     assert stats.kstest(sample, "laplace", args=(0, m.scale)).pvalue > 1e-4
-    assert stats.kstest(sample, "laplace", args=(0, m.scale * 1.2)).pvalue < 1e-6
-    assert stats.kstest(sample, "laplace", args=(0, m.scale / 1.2)).pvalue < 1e-6
+    assert stats.kstest(sample, "laplace", args=(0, m.scale * 1.2)).pvalue < 1e-4
+    assert stats.kstest(sample, "laplace", args=(0, m.scale / 1.2)).pvalue < 1e-4
     # the reported accuracy is the 95% half-width of that distribution
     assert np.mean(np.abs(sample) <= m.accuracy) == pytest.approx(0.95, abs=0.015)
 
@@ -75,7 +75,7 @@ def test_count_noise_is_discrete_laplace_of_the_promised_scale():
         cdf = discrete_laplace_cdf(edges, scale)
         expected = np.diff(np.concatenate([[0.0], cdf, [1.0]])) * len(sample)
         p = stats.chisquare(observed, expected).pvalue
-        assert bool(p > 1e-4) == ok and (ok or p < 1e-6), (scale, p)
+        assert bool(p > 1e-4) == ok, (scale, p)
 
 
 def test_the_cost_of_a_query_is_split_and_composed():
