@@ -55,6 +55,9 @@ class Column:
     values: tuple[str, ...] = ()
     #: measures: the range a single value is clamped to under differential privacy
     bounds: tuple[float, float] | None = None
+    #: measures: the columns of the same table it is computed from (a length of stay from two
+    #: dates), which pin it as surely as the measure itself
+    derived_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,7 @@ def _load_dataset(path: Path) -> Dataset:
                     nullable=bool(c.get("nullable", False)),
                     values=tuple(c.get("values", ())),
                     bounds=_bounds(c, cls, cwhere),
+                    derived_from=tuple(c.get("derived_from", ())),
                 )
             )
         table = Table(

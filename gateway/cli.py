@@ -237,8 +237,9 @@ def _print_result(body: dict) -> None:
     if "min_people" in d:
         notes.append(f"cells of fewer than {d['min_people']} people suppressed "
                      f"({len(suppressed)} here)")
-    if d.get("rows_withheld"):
-        notes.append(f"{d['rows_withheld']} small group(s) withheld")
+    if d.get("epsilon_spent"):
+        notes.append(f"epsilon {d['epsilon_spent']:.4g} spent, {d.get('epsilon_left', 0):.4g} "
+                     "left")
     if d.get("held_because"):
         notes.append(f"held for review: {d['held_because']}")
     if d.get("rounded_columns"):

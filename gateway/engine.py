@@ -81,6 +81,9 @@ class DuckDBEngine:
             kind = type(exc).__name__.removesuffix("Exception").lower() or "error"
             raise QueryFailed(f"the engine could not run the query ({kind} error)",
                               hint="check the types and arithmetic of the expressions") from None
+        except Exception:  # the engine's bindings can raise others (a failed C++ cast)
+            raise QueryFailed("the engine could not run the query (internal error)",
+                              hint="check the types of the expressions") from None
         finally:
             timer.cancel()
             cursor.close()

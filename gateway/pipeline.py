@@ -12,7 +12,8 @@ import json
 import math
 import sqlite3
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from datetime import time as dt_time
 from decimal import Decimal
@@ -35,6 +36,7 @@ from gateway.disclosure.threshold import (
     SuppressedCell,
     apply_threshold,
     check_outputs,
+    hold_reason,
 )
 from gateway.engine import DuckDBEngine, RawResult
 from gateway.errors import (
@@ -132,7 +134,10 @@ class Pipeline:
         controlled = self._secondary(analysis, plan, raw, controlled, names)
         controlled, withheld = _withhold_small_groups(
             controlled, people, output.min_people, _keyed_rows(analysis, plan, raw))
-        disclosure["rows_withheld"] = withheld
+        # How many rows were withheld is a count of small groups: for the audit trail only.
+        # And whether to hold is judged on what would be released, not on withheld rows.
+        controlled = replace(controlled, hold=hold_reason(
+            controlled, [o.kind for o in plan.outputs]))
         if controlled.hold:
             disclosure["held_because"] = controlled.hold
         disclosure.update(
@@ -144,7 +149,8 @@ class Pipeline:
                         for s in controlled.suppressed],
             rounded_columns=list(controlled.rounded_columns),
         )
-        return {"columns": names, "rows": controlled.rows, "disclosure": disclosure}
+        return {"columns": names, "rows": controlled.rows, "disclosure": disclosure,
+                "_rows_withheld": withheld}
 
     def _control_cell_key(self, analysis: Analysis, plan: Plan, raw: RawResult,
                           decision: Decision, contributions: RawResult | None, names: list[str],
@@ -161,7 +167,7 @@ class Pipeline:
         controlled, withheld = _withhold_small_groups(
             controlled, people, output.min_people, _keyed_rows(analysis, plan, raw))
         disclosure = {
-            "regime": "cell_key", "epsilon_spent": None, "rows_withheld": withheld,
+            "regime": "cell_key", "epsilon_spent": None,
             "min_people": output.min_people,
             "perturbation": {"max": table.max_perturbation, "variance": table.variance,
                              "magnitude_share": output.ck_magnitude_share},
@@ -171,7 +177,8 @@ class Pipeline:
             "note": "counts are perturbed by at most "
                     f"{table.max_perturbation}, the same way every time for the same cell",
         }
-        return {"columns": names, "rows": controlled.rows, "disclosure": disclosure}
+        return {"columns": names, "rows": controlled.rows, "disclosure": disclosure,
+                "_rows_withheld": withheld}
 
     # -- differential privacy -------------------------------------------------------------
 
@@ -371,6 +378,7 @@ class Pipeline:
             self._close(record, started, "failed", error=err)
             raise err from None
         spent = body.pop("_dp", None)  # (fingerprint, mechanisms) of a dp spend
+        record["rows_withheld"] = body.pop("_rows_withheld", 0)
         held = "held_because" in body["disclosure"]
         status = "held" if held else "released"
         record.update(rows_released=0 if held else len(body["rows"]),
@@ -594,7 +602,15 @@ def _match_contributions(plan: Plan, raw: RawResult, result: RawResult | None):
     c = plan.contributions
     nkeys = len(c.key_columns)
     by_key = {}
+    # Keys the engine tells apart can arrive as one Python value (DATE '-infinity' and
+    # '0001-01-01'): a key seen twice cannot be matched, so its cells count as unknown.
+    seen = Counter(tuple(row[:nkeys]) for row in result.rows)
+    seen.update(tuple(row[i] for i in c.key_columns) for row in raw.rows
+                if not any(row[h] for _, h in plan.grouping_index))
     for row in result.rows:
+        if seen[tuple(row[:nkeys])] > 2 or tuple(row[:nkeys]) in by_key:
+            by_key[tuple(row[:nkeys])] = dict.fromkeys(c.measure_columns)
+            continue
         by_key[tuple(row[:nkeys])] = {
             col: (row[nkeys + 3 * m] or [], row[nkeys + 3 * m + 1], row[nkeys + 3 * m + 2])
             for m, col in enumerate(c.measure_columns)

@@ -155,11 +155,24 @@ def apply_threshold(
         out.append(new)
     rounded = tuple(col for col, k, cnt in zip(columns, kinds, is_count, strict=True)
                     if k == "aggregate" and cnt)
-    cells = sum(1 for k in kinds if k == "aggregate") * len(rows)
-    if cells >= 4 and len(suppressed) > HOLD_SUPPRESSED_SHARE * cells:
-        hold = hold or (f"{len(suppressed)} of {cells} cells are suppressed: more than "
-                        f"{HOLD_SUPPRESSED_SHARE:.0%}")
-    return Controlled(out, tuple(suppressed), rounded, hold)
+    controlled = Controlled(out, tuple(suppressed), rounded, hold)
+    return Controlled(out, tuple(suppressed), rounded, hold_reason(controlled, kinds))
+
+
+def hold_reason(controlled: Controlled, kinds: list[str]) -> str | None:
+    """Why the output needs a reviewer: mostly holes among the cells it would release (or a
+    reason found earlier, such as negative contributions)."""
+    if controlled.hold and not controlled.hold.startswith(HOLD_PREFIX):
+        return controlled.hold
+    cells = sum(1 for k in kinds if k == "aggregate") * len(controlled.rows)
+    n = len(controlled.suppressed)
+    if cells >= 4 and n > HOLD_SUPPRESSED_SHARE * cells:
+        return (f"{HOLD_PREFIX}{n} of {cells} cells are suppressed: more than "
+                f"{HOLD_SUPPRESSED_SHARE:.0%}")
+    return None
+
+
+HOLD_PREFIX = "too many holes: "
 
 
 def _has_negative(contribution: Contribution | None) -> bool:

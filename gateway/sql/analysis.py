@@ -113,6 +113,11 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
                           code="sql_too_long")
     if not sql.strip():
         raise SqlParseError("the SQL is empty")
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SqlRejected("the SQL is not valid Unicode text (a lone surrogate)",
+                          code="sql_not_text") from None
     statements = _parse(sql)
     if len(statements) != 1:
         raise SqlRejected(
@@ -150,7 +155,7 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
                   for q, o in zip(outers, outer_selects(original), strict=True)]
     outputs = _combine(per_branch)
     _check_union_order(qualified, outers)
-    _check_measure_filters(qualified, outers)
+    _check_measure_filters(qualified, outers, catalogue)
     margins = any(isinstance(g, MARGINS) for q in outers
                   for g in (q.args.get("group").expressions if q.args.get("group") else []))
     if margins and len(outers) > 1:
@@ -252,7 +257,11 @@ def _parse(sql: str) -> list[exp.Expression]:
         raise SqlRejected("the SQL is nested too deeply", code="sql_too_deep") from None
     except SqlglotError as exc:
         raise SqlParseError(f"the SQL does not parse: {exc}") from None
-    return [s for s in parsed if s is not None]
+    statements = [s for s in parsed if s is not None]
+    for statement in statements:  # a comment is no part of a query's meaning
+        for node in statement.walk():
+            node.comments = None
+    return statements
 
 
 def _check_depth(tree: exp.Expression, max_depth: int) -> None:
@@ -300,6 +309,11 @@ def _check_nodes(tree: exp.Select | exp.Union) -> None:
             n = node.expression
             if not (isinstance(n, exp.Literal) and n.is_int and int(n.this) >= 0):
                 raise SqlRejected("LIMIT takes a whole number of rows")
+            if not (node.parent is tree or _is_in(node.parent, outers)):
+                # "the first N people by some value" picks people across persons: the pair
+                # N, N+1 isolates one of them
+                raise SqlRejected("LIMIT is allowed on the outer query only",
+                                  hint="choose people by a condition, not by an order")
         if typ is exp.With and node.args.get("recursive"):
             raise SqlRejected("WITH RECURSIVE is not allowed: a recursive query can run without "
                               "end", hint="use plain CTEs")
@@ -868,7 +882,8 @@ def _scope_column_lineage(source: Scope, name: str, depth: int) -> set[tuple[str
     return out
 
 
-def _check_measure_filters(tree: exp.Expression, outers: list[exp.Select]) -> None:
+def _check_measure_filters(tree: exp.Expression, outers: list[exp.Select],
+                           catalogue: Catalogue) -> None:
     """In a query that sums or averages a measure, the measure may appear only as the bare
     argument of that SUM/AVG, as the operand of IS [NOT] NULL, or passed through unchanged by
     a derived table. Any other use (a comparison, a simple CASE, NULLIF, a cast, arithmetic)
@@ -885,6 +900,23 @@ def _check_measure_filters(tree: exp.Expression, outers: list[exp.Select]) -> No
                     allowed.add(id(agg.this))
     if not summed:
         return
+    # A measure computed from other columns (a length of stay from two dates) is pinned by
+    # them as well: a query that sums it may not use all of its sources.
+    used: set[tuple[str, str]] = set()
+    for col in tree.find_all(exp.Column):
+        scope = scopes.get(id(col.find_ancestor(exp.Select)))
+        if id(col) not in allowed and scope is not None:
+            used |= lineage(col, scope)
+    for table, column in summed:
+        meta = catalogue.table(table)
+        source = meta.column(column) if meta else None
+        if source is not None and source.derived_from and {
+                (table, c) for c in source.derived_from} <= used:
+            raise SqlRejected(
+                f"the measure {column!r} is computed from {', '.join(source.derived_from)}; "
+                "a query that sums it may not use all of them, which would fix its value",
+                hint="filter on one of them only, or count people by bands of the measure in "
+                "a query without the sum")
     for col in tree.find_all(exp.Column):
         if id(col) in allowed:
             continue
