@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -27,6 +28,7 @@ from gateway.discovery import Discovery
 from gateway.engine import DuckDBEngine
 from gateway.errors import GatewayError, TooLarge
 from gateway.governance import Governance
+from gateway.keyset import KeySet
 from gateway.logs import configure_logging
 from gateway.pipeline import Pipeline, QueryRequest
 from gateway.results import ResultStore
@@ -79,8 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
                     set_aside_as=recovered["set_aside_as"])
     engine = DuckDBEngine(settings.data_dir, settings.state_dir, catalogue,
                           memory_limit=settings.memory_limit, threads=settings.threads)
-    verifier = TokenVerifier(keys.token_public_pem, settings.token_issuer,
-                             settings.token_audience, settings.token_leeway_s)
+    verifier = _verifier(settings, keys.jwks_path)
     results = ResultStore(settings.state_dir / "results.sqlite")
     pipeline = Pipeline(settings, catalogue, policies, engine, verifier, trail, results)
     governance = Governance(pipeline, keys.audit_key, keys.checkpoint_public_key)
@@ -93,7 +94,8 @@ def create_app(settings: Settings) -> FastAPI:
         "disclosure-controlled, audited tables out.",
     )
     app.state.pipeline = pipeline
-    bearer = HTTPBearer(auto_error=False, description="A signed JWT (RS256).")
+    bearer = HTTPBearer(auto_error=False, description="A signed JWT (RS256 or ES256) whose kid "
+                        "names a key in the state directory's keys/jwks.json.")
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
@@ -222,6 +224,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, pipeline=pipeline)
     app.add_middleware(RequestContext)
     return app
+
+
+def _verifier(settings: Settings, jwks_path: Path) -> TokenVerifier:
+    """The token verifier over the JWKS file, which it follows as operators edit it."""
+    keyset = KeySet(jwks_path, check_every_s=settings.token_keys_check_s,
+                    refresh_unknown_every_s=settings.token_keys_check_s)
+    log.info("token_keys_loaded", jwks=str(jwks_path), kids=sorted(keyset.kids))
+    return TokenVerifier(keyset, settings.token_issuer, settings.token_audience,
+                         settings.token_leeway_s)
 
 
 def _audit_rejection(pipeline: Pipeline, request: Request | None, err: GatewayError,

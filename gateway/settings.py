@@ -19,7 +19,13 @@ class Settings(BaseModel):
     policies_dir: Path | None = Field(None, description="Policy files; the shipped ones if unset.")
     token_issuer: str = Field("sde-gateway", description="Required `iss` of bearer tokens.")
     token_audience: str = Field("sde-gateway", description="Required `aud` of bearer tokens.")
-    token_leeway_s: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp/nbf.")
+    token_leeway_s: int = Field(30, ge=0, le=300,
+                                description="Clock skew allowed on exp, nbf and iat.")
+    token_keys_check_s: float = Field(
+        1.0, ge=0, le=60,
+        description="How often, at most, keys/jwks.json is checked for a change (rotation "
+        "without restart); an unknown kid also re-reads it, as often at most.",
+    )
     max_body_bytes: int = Field(65_536, ge=1024, description="Largest request body accepted (413).")
     max_sql_chars: int = Field(20_000, ge=100, description="Longest SQL text accepted (400).")
     max_sql_depth: int = Field(64, ge=8, description="Deepest syntax tree accepted (400).")
