@@ -168,18 +168,22 @@ def demo(persons: int, port: int, base: Path) -> None:
               type=click.Choice(["researcher", "planner", "ig_auditor"]))
 @click.option("--project", "projects", multiple=True)
 @click.option("--ttl", default=3600, show_default=True, type=click.IntRange(1, 30 * 86400))
-def token(state_dir, sub, org, org_type, roles, projects, ttl) -> None:
+@click.option("--alg", "algorithm", default="RS256", show_default=True,
+              type=click.Choice(["RS256", "ES256"]),
+              help="Which demo key signs: RSA (kid 'demo') or EC P-256 (kid 'demo-es256').")
+def token(state_dir, sub, org, org_type, roles, projects, ttl, algorithm) -> None:
     """Print a token signed with the state directory's demo key, and nothing else."""
     from gateway.auth import issue_token
     from gateway.settings import Settings
-    from gateway.state import ensure_state
+    from gateway.state import DEMO_KEYS, ensure_state
 
     keys = ensure_state(state_dir)
     defaults = Settings.model_fields
     click.echo(issue_token(
-        keys.token_private_pem, issuer=defaults["token_issuer"].default,
+        keys.demo_private_pems[algorithm], issuer=defaults["token_issuer"].default,
         audience=defaults["token_audience"].default, sub=sub, org=org, org_type=org_type,
-        roles=list(roles), projects=list(projects), ttl_s=ttl,
+        roles=list(roles), projects=list(projects), ttl_s=ttl, algorithm=algorithm,
+        kid=DEMO_KEYS[algorithm].kid,
     ))
 
 

@@ -58,6 +58,22 @@ def test_token_prints_only_a_token(tmp_path):
     assert result.stdout.count(".") == 2 and len(result.stdout.split()) == 1
 
 
+def test_token_signs_with_the_es256_demo_key_when_asked_and_the_server_takes_it(server):
+    import jwt
+
+    result = run("token", "--state-dir", str(server.settings.state_dir), "--sub", "p.jones",
+                 "--org", "E10000020", "--org-type", "local_authority", "--role", "planner",
+                 "--project", "JOINT-PLANNING", "--alg", "ES256")
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert jwt.get_unverified_header(token) == {"alg": "ES256", "kid": "demo-es256",
+                                                "typ": "JWT"}
+    resp = server.query(None, "SELECT sex, COUNT(DISTINCT person_id) FROM patients GROUP BY sex",
+                        "JOINT-PLANNING", "planning", token=token)
+    assert resp.status_code == 200, resp.text
+    assert server.entry_for(resp)["subject"] == "p.jones"
+
+
 def test_policy_check_passes_shipped_and_names_the_fault(tmp_path):
     ok = run("policy", "check", str(shipped_policies_dir()))
     assert ok.returncode == 0, ok.stderr
