@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from audit import AuditTrail, EventFilter, to_csv
 from datasets import load_catalogue
-from gateway.auth import TokenVerifier
+from gateway.auth import DEV_HMAC_KID, TokenVerifier
 from gateway.discovery import Discovery
 from gateway.engine import DuckDBEngine
 from gateway.errors import GatewayError, TooLarge
@@ -227,12 +227,21 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _verifier(settings: Settings, jwks_path: Path) -> TokenVerifier:
-    """The token verifier over the JWKS file, which it follows as operators edit it."""
+    """The token verifier over the JWKS file, with the HMAC key only if development mode is
+    explicitly on, and then said loudly at every start."""
     keyset = KeySet(jwks_path, check_every_s=settings.token_keys_check_s,
                     refresh_unknown_every_s=settings.token_keys_check_s)
+    secret = None
+    if settings.dev_allow_hs256 and settings.dev_hmac_secret is not None:
+        secret = settings.dev_hmac_secret.get_secret_value().encode()
+        log.warning("DEVELOPMENT_MODE_HS256_TOKENS_ACCEPTED",
+                    message="anyone holding the development HMAC secret can sign any caller's "
+                    "token; never run this mode with real data", kid=DEV_HMAC_KID)
+    elif settings.dev_hmac_secret is not None:
+        log.info("dev_hmac_secret_ignored", reason="dev_allow_hs256 is off: HS256 is refused")
     log.info("token_keys_loaded", jwks=str(jwks_path), kids=sorted(keyset.kids))
     return TokenVerifier(keyset, settings.token_issuer, settings.token_audience,
-                         settings.token_leeway_s)
+                         settings.token_leeway_s, dev_hmac_secret=secret)
 
 
 def _audit_rejection(pipeline: Pipeline, request: Request | None, err: GatewayError,

@@ -4,7 +4,8 @@ A token is checked with the one key its ``kid`` names in the state directory's J
 (``gateway/keyset.py``), under the algorithm that key decides (RS256 or ES256): the token's
 ``alg`` must agree with the key, so an RSA key never verifies an ES256 token, nor a public key
 an HS256 one. Keys a token brings along (``jku``, ``jwk``, ``x5u``, ``x5c`` headers) are never
-looked at, and HS256 is refused outright. ``exp``, ``iss``, ``aud``, ``sub`` and ``iat`` are required:
+looked at. HS256 is taken only in an explicit development mode, with a secret of at least 32
+bytes, under kid ``dev-hmac``. ``exp``, ``iss``, ``aud``, ``sub`` and ``iat`` are required:
 PyJWT accepts a token without ``exp`` unless told to require it.
 """
 
@@ -14,12 +15,15 @@ import time
 
 import jwt
 from jwt import PyJWK
+from jwt.utils import base64url_encode
 
 from gateway.errors import Unauthenticated
 from gateway.keyset import KeySet
 from policies import Caller
 
 ALGORITHMS = ("RS256", "ES256")
+#: the kid of the development-only HMAC key (never in the JWKS: the secret is not public)
+DEV_HMAC_KID = "dev-hmac"
 REQUIRED = ["exp", "iss", "aud", "sub", "iat"]
 ORG_TYPES = {"local_authority", "icb", "nhs_trust", "university", "regulator", "commercial"}
 ROLES = {"researcher", "planner", "ig_auditor"}
@@ -29,11 +33,20 @@ BEARER_HINT = "send 'Authorization: Bearer <token>'"
 class TokenVerifier:
     """Turns an Authorization header into a Caller, or raises Unauthenticated (401)."""
 
-    def __init__(self, keys: KeySet, issuer: str, audience: str, leeway_s: int = 30) -> None:
+    def __init__(self, keys: KeySet, issuer: str, audience: str, leeway_s: int = 30,
+                 dev_hmac_secret: bytes | None = None) -> None:
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
         self.leeway_s = leeway_s
+        self._dev_key: PyJWK | None = None
+        if dev_hmac_secret is not None:
+            key = PyJWK({"kty": "oct", "k": base64url_encode(dev_hmac_secret).decode(),
+                         "alg": "HS256", "kid": DEV_HMAC_KID})
+            weak = key.Algorithm.check_key_length(key.key)
+            if weak:
+                raise ValueError(f"the development HMAC secret is too short: {weak}")
+            self._dev_key = key
 
     def verify(self, authorization: str | None) -> Caller:
         if not authorization:
@@ -71,13 +84,13 @@ class TokenVerifier:
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"invalid token: {exc}") from None
         alg, kid = header.get("alg"), header.get("kid")
-        if alg == "HS256":
-            raise Unauthenticated("invalid token: HS256 is not accepted",
+        if alg == "HS256" and self._dev_key is None:
+            raise Unauthenticated("invalid token: HS256 is accepted only in development mode",
                                   hint=f"sign with a key in the JWKS ({', '.join(ALGORITHMS)})")
         if not isinstance(kid, str) or not kid:
             raise Unauthenticated("invalid token: no kid in its header to name the signing key",
                                   hint="the issuer must set kid to a key in the gateway's JWKS")
-        key = self.keys.get(kid)
+        key = self._dev_key if kid == DEV_HMAC_KID and self._dev_key else self.keys.get(kid)
         if key is None:
             raise Unauthenticated(f"invalid token: no key with kid {_shown(kid)} is trusted",
                                   hint="the key may have been rotated out: get a new token")

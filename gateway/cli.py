@@ -4,6 +4,7 @@ because operators and test harnesses script them; output is for people (tables, 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -101,10 +102,27 @@ def _serve(settings, host: str, port: int) -> None:
 @click.option("--state-dir", required=True, type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def serve(data_dir, catalogue_dir, policies_dir, state_dir, host, port) -> None:
-    """Serve the API. The state directory is created with its keys on first start."""
-    _serve(_settings(data_dir=data_dir, state_dir=state_dir, catalogue_dir=catalogue_dir,
-                     policies_dir=policies_dir), host, port)
+@click.option("--dev-allow-hs256", is_flag=True, envvar="SDE_DEV_ALLOW_HS256",
+              help="DEVELOPMENT ONLY: also accept HS256 tokens (kid 'dev-hmac') signed with "
+              "the secret in $SDE_DEV_HMAC_SECRET (32 bytes or more). Never with real data.")
+def serve(data_dir, catalogue_dir, policies_dir, state_dir, host, port,
+          dev_allow_hs256) -> None:
+    """Serve the API. The state directory is created with its keys on first start; token keys
+    are read from its keys/jwks.json, and edits to that file take effect without a restart."""
+    from pydantic import ValidationError
+
+    from gateway.settings import DEV_HMAC_SECRET_ENV
+
+    try:
+        settings = _settings(data_dir=data_dir, state_dir=state_dir,
+                             catalogue_dir=catalogue_dir, policies_dir=policies_dir,
+                             dev_allow_hs256=dev_allow_hs256,
+                             dev_hmac_secret=os.environ.get(DEV_HMAC_SECRET_ENV) or None)
+    except ValidationError as exc:
+        for e in exc.errors():
+            err_console.print(f"[red]cannot start:[/red] {e['msg']}")
+        sys.exit(2)
+    _serve(settings, host, port)
 
 
 @main.command()

@@ -23,6 +23,8 @@ from gateway.state import DEMO_KEYS, StateKeys
 ISSUER = AUDIENCE = "sde-gateway"
 CALLER = dict(sub="p.jones", org="E10000020", org_type="local_authority", roles=["planner"],
               projects=["JOINT-PLANNING"])
+#: a secret of the right length, for development mode (and for showing it is refused without)
+DEV_SECRET = b"a development secret, 32+ bytes long"
 
 
 def rsa_key() -> rsa.RSAPrivateKey:
@@ -118,7 +120,7 @@ class Forger:
 
 
 SIGNATURE = "Signature verification failed"
-HS256_REFUSED = "HS256 is not accepted"
+HS256_REFUSED = "HS256 is accepted only in development mode"
 
 #: every forged or invalid token the gateway must refuse: how to make it, and (a fragment of)
 #: the reason it is refused for, so that each is refused for the right reason
@@ -132,6 +134,8 @@ FORGERIES: dict[str, tuple[Any, str]] = {
     "HS256 signed with the RSA public key (compact JWK)": (
         lambda f: hs256(json.dumps(f.demo_jwk, separators=(",", ":")).encode(), f.rs_kid),
         HS256_REFUSED),
+    "HS256 with the development kid, development mode off": (
+        lambda f: hs256(DEV_SECRET, "dev-hmac"), HS256_REFUSED),
     "wrong iss": (lambda f: f.demo(claims(iss="someone-else")), "Invalid issuer"),
     "wrong aud": (lambda f: f.demo(claims(aud="another-service")), "Audience doesn't match"),
     "expired": (lambda f: f.demo(claims(iat=f.past - 300, nbf=f.past - 300, exp=f.past)),

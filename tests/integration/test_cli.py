@@ -141,6 +141,43 @@ def test_serve_refuses_to_start_on_a_broken_policy(data_dir, tmp_path):
     assert "outbreak-control-reg3.toml" in result.stderr and "regulation 3" in result.stderr
 
 
+@pytest.mark.parametrize(("secret", "message"), [
+    (None, "needs dev_hmac_secret"), ("x" * 31, "at least 32 bytes")])
+def test_serve_refuses_development_mode_without_a_long_enough_secret(data_dir, tmp_path, secret,
+                                                                      message):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SDE_DEV_")}
+    if secret:
+        env["SDE_DEV_HMAC_SECRET"] = secret
+    result = run("serve", "--data", str(data_dir), "--state-dir", str(tmp_path / "s"),
+                 "--port", str(free_port()), "--dev-allow-hs256", env=env)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_in_development_mode_warns_and_takes_hs256(data_dir, tmp_path):
+    from tokens import DEV_SECRET, hs256
+
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SDE_DEV_HMAC_SECRET": DEV_SECRET.decode(),
+           "SDE_DEV_ALLOW_HS256": "1"}
+    proc = subprocess.Popen([*CLI, "serve", "--data", str(data_dir), "--state-dir",
+                             str(tmp_path / "s"), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc)
+        resp = httpx.post(f"{url}/v1/queries", timeout=30,
+                          headers={"Authorization": f"Bearer {hs256(DEV_SECRET, 'dev-hmac')}"},
+                          json={"project": "JOINT-PLANNING", "purpose": "planning",
+                                "sql": "SELECT sex, COUNT(*) FROM patients GROUP BY sex"})
+        assert resp.status_code == 200, resp.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert "DEVELOPMENT_MODE_HS256_TOKENS_ACCEPTED" in err
+    assert DEV_SECRET.decode() not in err
+
+
 def test_demo_makes_data_prints_a_token_per_user_and_serves(tmp_path, catalogue):
     from policies.loader import load_demo_users
 

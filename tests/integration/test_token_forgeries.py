@@ -7,12 +7,15 @@ import json
 import time
 
 import pytest
-from conftest import LiveServer
+from conftest import LiveServer, make_settings
 from tokens import (
+    DEV_SECRET,
     FORGERIES,
+    HS256_REFUSED,
     Forger,
     demo_token,
     ec_key,
+    hs256,
     read_jwks,
     rsa_key,
     sign,
@@ -149,3 +152,31 @@ def test_a_broken_jwks_refuses_every_token_until_it_is_mended(fresh_server):
     jwks.write_bytes(good)
     resp, _ = _within(5, fresh_server, token, 200)
     assert resp.status_code == 200, resp.text
+
+
+# -- development mode ---------------------------------------------------------------------
+
+
+def test_a_dev_secret_without_development_mode_changes_nothing(data_dir, tmp_path):
+    live = LiveServer(make_settings(data_dir, tmp_path / "state",
+                                    dev_hmac_secret=DEV_SECRET.decode()))
+    try:
+        token = hs256(DEV_SECRET, "dev-hmac")
+        assert_refused(live, _query(live, token), token, HS256_REFUSED)
+    finally:
+        live.stop()
+
+
+def test_development_mode_accepts_hs256_beside_the_published_keys(data_dir, tmp_path):
+    """(The loud warning at start is checked on the real command: test_cli.py.)"""
+    live = LiveServer(make_settings(data_dir, tmp_path / "state", dev_allow_hs256=True,
+                                    dev_hmac_secret=DEV_SECRET.decode()))
+    try:
+        resp = _query(live, hs256(DEV_SECRET, "dev-hmac"))
+        assert resp.status_code == 200, resp.text
+        pem = hs256(live.keys.token_public_pem, "demo")  # still no way in with the public key
+        assert_refused(live, _query(live, pem), pem, "is an RS256 key")
+        for alg in ("RS256", "ES256"):
+            assert _query(live, demo_token(live.keys, alg)).status_code == 200
+    finally:
+        live.stop()

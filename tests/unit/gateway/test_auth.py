@@ -5,19 +5,25 @@ from __future__ import annotations
 import time
 
 import pytest
+from pydantic import ValidationError
 from tokens import (
     AUDIENCE,
+    DEV_SECRET,
     FORGERIES,
+    HS256_REFUSED,
     ISSUER,
     Forger,
     claims,
+    demo_key,
     demo_token,
+    hs256,
     sign,
 )
 
 from gateway.auth import TokenVerifier
 from gateway.errors import Unauthenticated
 from gateway.keyset import KeySet, public_jwk
+from gateway.settings import Settings
 from gateway.state import ensure_state
 
 LEEWAY = 30
@@ -28,9 +34,14 @@ def keys(tmp_path_factory):
     return ensure_state(tmp_path_factory.mktemp("state"))
 
 
+def verifier_for(keys, dev_hmac_secret: bytes | None = None) -> TokenVerifier:
+    return TokenVerifier(KeySet(keys.jwks_path), ISSUER, AUDIENCE, leeway_s=LEEWAY,
+                         dev_hmac_secret=dev_hmac_secret)
+
+
 @pytest.fixture(scope="module")
 def verifier(keys):
-    return TokenVerifier(KeySet(keys.jwks_path), ISSUER, AUDIENCE, leeway_s=LEEWAY)
+    return verifier_for(keys)
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +91,50 @@ def test_a_long_made_up_kid_is_not_echoed_whole(forger, verifier):
     with pytest.raises(Unauthenticated) as refused:
         verifier.verify(f"Bearer {sign(forger.rs, 'RS256', 'k' * 5000)}")
     assert len(refused.value.message) < 200
+
+
+# -- development mode ---------------------------------------------------------------------
+
+
+def test_development_mode_accepts_hs256_only_under_its_own_kid_and_secret(keys, forger):
+    dev = verifier_for(keys, dev_hmac_secret=DEV_SECRET)
+    assert dev.verify(f"Bearer {hs256(DEV_SECRET, 'dev-hmac')}").sub == "p.jones"
+    refused = {
+        "another secret": (hs256(b"x" * 40, "dev-hmac"), "Signature verification failed"),
+        "the RSA public key, kid demo": (hs256(keys.token_public_pem, "demo"),
+                                         "kid 'demo' is an RS256 key; the token says alg "
+                                         "'HS256'"),
+        "the dev secret, kid demo": (hs256(DEV_SECRET, "demo"), "is an RS256 key"),
+        "the dev secret, no kid": (hs256(DEV_SECRET, None), "no kid"),
+        "an RS256 token naming the dev kid": (sign(forger.rs, "RS256", "dev-hmac"),
+                                              "kid 'dev-hmac' is an HS256 key"),
+    }
+    for name, (token, reason) in refused.items():
+        with pytest.raises(Unauthenticated) as err:
+            dev.verify(f"Bearer {token}")
+        assert reason in err.value.message, name
+    # the published keys still work beside it
+    assert dev.verify(f"Bearer {forger.demo()}").sub == "p.jones"
+    es = sign(demo_key(keys, "ES256"), "ES256", "demo-es256")
+    assert dev.verify(f"Bearer {es}").sub == "p.jones"
+
+
+def test_without_development_mode_hs256_is_refused_even_with_the_secret(verifier):
+    with pytest.raises(Unauthenticated) as err:
+        verifier.verify(f"Bearer {hs256(DEV_SECRET, 'dev-hmac')}")
+    assert HS256_REFUSED in err.value.message
+
+
+def test_a_short_development_secret_is_refused(keys, tmp_path):
+    with pytest.raises(ValueError, match="too short"):
+        verifier_for(keys, dev_hmac_secret=b"x" * 31)
+    base = dict(data_dir=tmp_path, state_dir=tmp_path)
+    with pytest.raises(ValidationError, match="at least 32 bytes"):
+        Settings(**base, dev_allow_hs256=True, dev_hmac_secret="x" * 31)
+    with pytest.raises(ValidationError, match="needs dev_hmac_secret"):
+        Settings(**base, dev_allow_hs256=True)
+    assert Settings(**base, dev_allow_hs256=True, dev_hmac_secret="x" * 32).dev_allow_hs256
+    # off by default, and a secret alone does not switch it on
+    assert not Settings(**base, dev_hmac_secret="x" * 8).dev_allow_hs256
+    assert "x" * 32 not in repr(Settings(**base, dev_allow_hs256=True,
+                                         dev_hmac_secret="x" * 32))
