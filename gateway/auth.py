@@ -18,10 +18,9 @@ from jwt import PyJWK
 from jwt.utils import base64url_encode
 
 from gateway.errors import Unauthenticated
-from gateway.keyset import KeySet
+from gateway.keyset import KEY_TYPES, KeySet
 from policies import Caller
 
-ALGORITHMS = ("RS256", "ES256")
 #: the kid of the development-only HMAC key (never in the JWKS: the secret is not public)
 DEV_HMAC_KID = "dev-hmac"
 REQUIRED = ["exp", "iss", "aud", "sub", "iat"]
@@ -72,7 +71,7 @@ class TokenVerifier:
         except jwt.ImmatureSignatureError as exc:
             raise Unauthenticated(f"invalid token: {exc}",
                                   hint="check the issuer's clock") from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # InvalidTokenError, and InvalidKeyError for weak keys
             raise Unauthenticated(f"invalid token: {exc}") from None
         return _caller(claims)
 
@@ -86,7 +85,7 @@ class TokenVerifier:
         alg, kid = header.get("alg"), header.get("kid")
         if alg == "HS256" and self._dev_key is None:
             raise Unauthenticated("invalid token: HS256 is accepted only in development mode",
-                                  hint=f"sign with a key in the JWKS ({', '.join(ALGORITHMS)})")
+                                  hint=f"sign with a key in the JWKS ({', '.join(KEY_TYPES)})")
         if not isinstance(kid, str) or not kid:
             raise Unauthenticated("invalid token: no kid in its header to name the signing key",
                                   hint="the issuer must set kid to a key in the gateway's JWKS")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 from tokens import (
     AUDIENCE,
@@ -85,6 +89,29 @@ def test_key_headers_in_a_token_are_ignored_not_obeyed(forger, verifier):
 def test_malformed_headers_are_refused(header, verifier):
     with pytest.raises(Unauthenticated):
         verifier.verify(header)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                    | st.text(max_size=10), lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+HEADERS = st.fixed_dictionaries({}, optional={
+    "alg": st.sampled_from(["RS256", "ES256", "HS256", "none", "PS256", "EdDSA"]) | JSON,
+    "kid": st.sampled_from(["demo", "demo-es256", "dev-hmac", ""]) | JSON,
+    "typ": JSON, "crit": JSON, "jku": JSON, "jwk": JSON, "x5u": JSON, "b64": JSON})
+CLAIMS = st.fixed_dictionaries({}, optional={
+    name: JSON for name in ("iss", "aud", "sub", "iat", "nbf", "exp", "org", "org_type",
+                            "roles", "projects")})
+
+
+@settings(max_examples=300, deadline=None)
+@given(header=HEADERS, body=CLAIMS, signature=st.binary(max_size=80))
+def test_no_header_or_payload_gets_past_or_breaks_the_verifier(verifier, header, body, signature):
+    """Whatever the header and claims hold, the answer is Unauthenticated, never a crash (a 500
+    over HTTP) and never a caller: nothing here is signed by a trusted key."""
+    token = ".".join(base64.urlsafe_b64encode(part).rstrip(b"=").decode() for part in (
+        json.dumps(header).encode(), json.dumps(body).encode(), signature))
+    with pytest.raises(Unauthenticated):
+        verifier.verify(f"Bearer {token}")
 
 
 def test_a_long_made_up_kid_is_not_echoed_whole(forger, verifier):
