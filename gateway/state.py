@@ -107,7 +107,7 @@ def ensure_state(state_dir: Path) -> StateKeys:
 
 def _publish(jwks: Path, doc: dict[str, Any], new: list[dict[str, Any]]) -> None:
     """Put public keys into the JWKS, replacing any of the same kid and keeping the others."""
-    kids = {k["kid"] for k in new}
+    kids = [k["kid"] for k in new]  # a list: an operator's kid may be any JSON, even a list
     doc["keys"] = [k for k in doc["keys"] if not (isinstance(k, dict) and k.get("kid") in kids)]
     doc["keys"].extend(new)
     # Atomic, so a running gateway never reads half a file; public, so 0644.

@@ -23,7 +23,8 @@ def test_first_start_publishes_both_demo_keys_public_halves_only(tmp_path):
     published = read_jwks(keys.jwks_path)
     assert published == [_published(keys, "RS256"), _published(keys, "ES256")]
     assert not any(PRIVATE_MEMBERS & set(k) for k in published)
-    assert stat.S_IMODE(keys.jwks_path.stat().st_mode) & 0o077 == 0o044  # readable by all
+    # nobody else may write it (that would be adding keys); it holds nothing secret
+    assert stat.S_IMODE(keys.jwks_path.stat().st_mode) & 0o022 == 0
     for demo in DEMO_KEYS.values():  # the private halves are the owner's alone
         assert stat.S_IMODE((keys.jwks_path.parent / demo.filename).stat().st_mode) == 0o600
 
@@ -61,6 +62,15 @@ def test_a_demo_key_made_again_replaces_its_old_entry(tmp_path):
     remade = ensure_state(tmp_path / "s")
     assert remade.demo_private_pems["ES256"] != keys.demo_private_pems["ES256"]
     assert read_jwks(keys.jwks_path) == [_published(keys, "RS256"), _published(remade, "ES256")]
+
+
+def test_an_odd_entry_in_the_operators_jwks_is_kept_not_a_crash(tmp_path):
+    keys = ensure_state(tmp_path / "s")
+    odd = {"kid": ["not", "a", "string"], "kty": "RSA"}
+    write_jwks(keys.jwks_path, [odd])
+    (keys.jwks_path.parent / DEMO_KEYS["ES256"].filename).unlink()
+    remade = ensure_state(tmp_path / "s")
+    assert read_jwks(keys.jwks_path) == [odd, _published(remade, "ES256")]
 
 
 def test_a_broken_jwks_is_not_overwritten(tmp_path):
