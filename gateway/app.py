@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -22,13 +23,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from audit import AuditTrail, EventFilter, to_csv
 from datasets import load_catalogue
-from gateway.auth import TokenVerifier
+from gateway.auth import DEV_HMAC_KID, TokenVerifier
 from gateway.budget import BudgetLedger
 from gateway.disclosure.cellkey import load_secret
 from gateway.discovery import Discovery
 from gateway.engine import DuckDBEngine
 from gateway.errors import GatewayError, TooLarge
 from gateway.governance import Governance
+from gateway.keyset import KeySet
 from gateway.logs import configure_logging
 from gateway.pipeline import Pipeline, QueryRequest
 from gateway.results import ResultStore
@@ -86,8 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
                     set_aside_as=recovered["set_aside_as"])
     engine = DuckDBEngine(settings.data_dir, settings.state_dir, catalogue,
                           memory_limit=settings.memory_limit, threads=settings.threads)
-    verifier = TokenVerifier(keys.token_public_pem, settings.token_issuer,
-                             settings.token_audience, settings.token_leeway_s)
+    verifier = _verifier(settings, keys.jwks_path)
     results = ResultStore(settings.state_dir / "results.sqlite")
     ledger = BudgetLedger(settings.state_dir / "budget.sqlite")
     interrupted = ledger.recover()
@@ -107,7 +108,8 @@ def create_app(settings: Settings) -> FastAPI:
         "disclosure-controlled, audited tables out.",
     )
     app.state.pipeline = pipeline
-    bearer = HTTPBearer(auto_error=False, description="A signed JWT (RS256).")
+    bearer = HTTPBearer(auto_error=False, description="A signed JWT (RS256 or ES256) whose kid "
+                        "names a key in the state directory's keys/jwks.json.")
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
@@ -243,6 +245,24 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, pipeline=pipeline)
     app.add_middleware(RequestContext)
     return app
+
+
+def _verifier(settings: Settings, jwks_path: Path) -> TokenVerifier:
+    """The token verifier over the JWKS file, with the HMAC key only if development mode is
+    explicitly on, and then said loudly at every start."""
+    keyset = KeySet(jwks_path, check_every_s=settings.token_keys_check_s,
+                    refresh_unknown_every_s=settings.token_keys_check_s)
+    secret = None
+    if settings.dev_allow_hs256 and settings.dev_hmac_secret is not None:
+        secret = settings.dev_hmac_secret.get_secret_value().encode()
+        log.warning("DEVELOPMENT_MODE_HS256_TOKENS_ACCEPTED",
+                    message="anyone holding the development HMAC secret can sign any caller's "
+                    "token; never run this mode with real data", kid=DEV_HMAC_KID)
+    elif settings.dev_hmac_secret is not None:
+        log.info("dev_hmac_secret_ignored", reason="dev_allow_hs256 is off: HS256 is refused")
+    log.info("token_keys_loaded", jwks=str(jwks_path), kids=sorted(keyset.kids))
+    return TokenVerifier(keyset, settings.token_issuer, settings.token_audience,
+                         settings.token_leeway_s, dev_hmac_secret=secret)
 
 
 def _audit_rejection(pipeline: Pipeline, request: Request | None, err: GatewayError,

@@ -4,6 +4,7 @@ because operators and test harnesses script them; output is for people (tables, 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -101,10 +102,27 @@ def _serve(settings, host: str, port: int) -> None:
 @click.option("--state-dir", required=True, type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def serve(data_dir, catalogue_dir, policies_dir, state_dir, host, port) -> None:
-    """Serve the API. The state directory is created with its keys on first start."""
-    _serve(_settings(data_dir=data_dir, state_dir=state_dir, catalogue_dir=catalogue_dir,
-                     policies_dir=policies_dir), host, port)
+@click.option("--dev-allow-hs256", is_flag=True, envvar="SDE_DEV_ALLOW_HS256",
+              help="DEVELOPMENT ONLY: also accept HS256 tokens (kid 'dev-hmac') signed with "
+              "the secret in $SDE_DEV_HMAC_SECRET (32 bytes or more). Never with real data.")
+def serve(data_dir, catalogue_dir, policies_dir, state_dir, host, port,
+          dev_allow_hs256) -> None:
+    """Serve the API. The state directory is created with its keys on first start; token keys
+    are read from its keys/jwks.json, and edits to that file take effect without a restart."""
+    from pydantic import ValidationError
+
+    from gateway.settings import DEV_HMAC_SECRET_ENV
+
+    try:
+        settings = _settings(data_dir=data_dir, state_dir=state_dir,
+                             catalogue_dir=catalogue_dir, policies_dir=policies_dir,
+                             dev_allow_hs256=dev_allow_hs256,
+                             dev_hmac_secret=os.environ.get(DEV_HMAC_SECRET_ENV) or None)
+    except ValidationError as exc:
+        for e in exc.errors():
+            err_console.print(f"[red]cannot start:[/red] {e['msg']}")
+        sys.exit(2)
+    _serve(settings, host, port)
 
 
 @main.command()
@@ -168,18 +186,22 @@ def demo(persons: int, port: int, base: Path) -> None:
               type=click.Choice(["researcher", "planner", "ig_auditor"]))
 @click.option("--project", "projects", multiple=True)
 @click.option("--ttl", default=3600, show_default=True, type=click.IntRange(1, 30 * 86400))
-def token(state_dir, sub, org, org_type, roles, projects, ttl) -> None:
+@click.option("--alg", "algorithm", default="RS256", show_default=True,
+              type=click.Choice(["RS256", "ES256"]),
+              help="Which demo key signs: RSA (kid 'demo') or EC P-256 (kid 'demo-es256').")
+def token(state_dir, sub, org, org_type, roles, projects, ttl, algorithm) -> None:
     """Print a token signed with the state directory's demo key, and nothing else."""
     from gateway.auth import issue_token
     from gateway.settings import Settings
-    from gateway.state import ensure_state
+    from gateway.state import DEMO_KEYS, ensure_state
 
     keys = ensure_state(state_dir)
     defaults = Settings.model_fields
     click.echo(issue_token(
-        keys.token_private_pem, issuer=defaults["token_issuer"].default,
+        keys.demo_private_pems[algorithm], issuer=defaults["token_issuer"].default,
         audience=defaults["token_audience"].default, sub=sub, org=org, org_type=org_type,
-        roles=list(roles), projects=list(projects), ttl_s=ttl,
+        roles=list(roles), projects=list(projects), ttl_s=ttl, algorithm=algorithm,
+        kid=DEMO_KEYS[algorithm].kid,
     ))
 
 

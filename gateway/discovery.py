@@ -19,7 +19,8 @@ class Discovery:
         try:
             caller = self.pipeline.verifier.verify(authorization)
         except Unauthenticated as err:
-            self.pipeline.audit({**record, "decision": "refused", "error_code": err.code})
+            self.pipeline.audit({**record, "decision": "refused", "error_code": err.code,
+                                 "error": err.message})
             raise
         self.pipeline.audit({**record, "subject": caller.sub, "org": caller.org,
                              "decision": "permitted"})

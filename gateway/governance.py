@@ -37,7 +37,8 @@ class Governance:
         try:
             caller = self.pipeline.verifier.verify(authorization)
         except Unauthenticated as err:
-            self.pipeline.audit({**record, "decision": "refused", "error_code": err.code})
+            self.pipeline.audit({**record, "decision": "refused", "error_code": err.code,
+                                 "error": err.message})
             raise
         record.update(subject=caller.sub, org=caller.org, roles=list(caller.roles))
         if auditor_only and AUDITOR not in caller.roles:

@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+#: where ``sde-gateway serve`` reads the development HMAC secret from (never a command-line
+#: argument: those are visible to every user of the machine in the process list)
+DEV_HMAC_SECRET_ENV = "SDE_DEV_HMAC_SECRET"  # noqa: S105 (a variable's name, not a secret)
+#: RFC 7518 3.2: an HS256 key is at least as long as the hash output
+MIN_HMAC_SECRET_BYTES = 32
 
 
 class Settings(BaseModel):
@@ -19,7 +25,21 @@ class Settings(BaseModel):
     policies_dir: Path | None = Field(None, description="Policy files; the shipped ones if unset.")
     token_issuer: str = Field("sde-gateway", description="Required `iss` of bearer tokens.")
     token_audience: str = Field("sde-gateway", description="Required `aud` of bearer tokens.")
-    token_leeway_s: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp/nbf.")
+    token_leeway_s: int = Field(30, ge=0, le=300,
+                                description="Clock skew allowed on exp, nbf and iat.")
+    token_keys_check_s: float = Field(
+        1.0, ge=0, le=60,
+        description="How often, at most, keys/jwks.json is checked for a change (rotation "
+        "without restart); an unknown kid also re-reads it, as often at most.",
+    )
+    dev_allow_hs256: bool = Field(
+        False, description="DEVELOPMENT ONLY, never in production: also accept HS256 tokens "
+        f"with kid 'dev-hmac', signed with dev_hmac_secret (from ${DEV_HMAC_SECRET_ENV}).",
+    )
+    dev_hmac_secret: SecretStr | None = Field(
+        None, description=f"DEVELOPMENT ONLY: the HS256 secret, at least {MIN_HMAC_SECRET_BYTES} "
+        "bytes; ignored unless dev_allow_hs256 is on.",
+    )
     max_body_bytes: int = Field(65_536, ge=1024, description="Largest request body accepted (413).")
     max_sql_chars: int = Field(20_000, ge=100, description="Longest SQL text accepted (400).")
     max_sql_depth: int = Field(64, ge=8, description="Deepest syntax tree accepted (400).")
@@ -30,6 +50,16 @@ class Settings(BaseModel):
     today: date | None = Field(
         None, description="Decide policies as of this date instead of today (tests, replays)."
     )
+
+    @model_validator(mode="after")
+    def _dev_hmac_is_usable(self) -> Settings:
+        if not self.dev_allow_hs256:
+            return self
+        if self.dev_hmac_secret is None:
+            raise ValueError(f"dev_allow_hs256 needs dev_hmac_secret (set ${DEV_HMAC_SECRET_ENV})")
+        if len(self.dev_hmac_secret.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
+            raise ValueError(f"dev_hmac_secret must be at least {MIN_HMAC_SECRET_BYTES} bytes")
+        return self
 
     @property
     def audit_path(self) -> Path:

@@ -58,6 +58,22 @@ def test_token_prints_only_a_token(tmp_path):
     assert result.stdout.count(".") == 2 and len(result.stdout.split()) == 1
 
 
+def test_token_signs_with_the_es256_demo_key_when_asked_and_the_server_takes_it(server):
+    import jwt
+
+    result = run("token", "--state-dir", str(server.settings.state_dir), "--sub", "p.jones",
+                 "--org", "E10000020", "--org-type", "local_authority", "--role", "planner",
+                 "--project", "JOINT-PLANNING", "--alg", "ES256")
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert jwt.get_unverified_header(token) == {"alg": "ES256", "kid": "demo-es256",
+                                                "typ": "JWT"}
+    resp = server.query(None, "SELECT sex, COUNT(DISTINCT person_id) FROM patients GROUP BY sex",
+                        "JOINT-PLANNING", "planning", token=token)
+    assert resp.status_code == 200, resp.text
+    assert server.entry_for(resp)["subject"] == "p.jones"
+
+
 def test_policy_check_passes_shipped_and_names_the_fault(tmp_path):
     ok = run("policy", "check", str(shipped_policies_dir()))
     assert ok.returncode == 0, ok.stderr
@@ -123,6 +139,43 @@ def test_serve_refuses_to_start_on_a_broken_policy(data_dir, tmp_path):
                  "--policies", str(bad), "--port", str(free_port()))
     assert result.returncode == 2
     assert "outbreak-control-reg3.toml" in result.stderr and "regulation 3" in result.stderr
+
+
+@pytest.mark.parametrize(("secret", "message"), [
+    (None, "needs dev_hmac_secret"), ("x" * 31, "at least 32 bytes")])
+def test_serve_refuses_development_mode_without_a_long_enough_secret(data_dir, tmp_path, secret,
+                                                                      message):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SDE_DEV_")}
+    if secret:
+        env["SDE_DEV_HMAC_SECRET"] = secret
+    result = run("serve", "--data", str(data_dir), "--state-dir", str(tmp_path / "s"),
+                 "--port", str(free_port()), "--dev-allow-hs256", env=env)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_in_development_mode_warns_and_takes_hs256(data_dir, tmp_path):
+    from tokens import DEV_SECRET, hs256
+
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SDE_DEV_HMAC_SECRET": DEV_SECRET.decode(),
+           "SDE_DEV_ALLOW_HS256": "1"}
+    proc = subprocess.Popen([*CLI, "serve", "--data", str(data_dir), "--state-dir",
+                             str(tmp_path / "s"), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc)
+        resp = httpx.post(f"{url}/v1/queries", timeout=30,
+                          headers={"Authorization": f"Bearer {hs256(DEV_SECRET, 'dev-hmac')}"},
+                          json={"project": "JOINT-PLANNING", "purpose": "planning",
+                                "sql": "SELECT sex, COUNT(*) FROM patients GROUP BY sex"})
+        assert resp.status_code == 200, resp.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert "DEVELOPMENT_MODE_HS256_TOKENS_ACCEPTED" in err
+    assert DEV_SECRET.decode() not in err
 
 
 def test_demo_makes_data_prints_a_token_per_user_and_serves(tmp_path, catalogue):
