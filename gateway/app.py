@@ -7,6 +7,7 @@ Every error, validation errors and unknown paths included, leaves in one JSON sh
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,6 +34,7 @@ from gateway.errors import GatewayError, TooLarge
 from gateway.governance import Governance
 from gateway.keyset import KeySet
 from gateway.logs import configure_logging
+from gateway.operations import Metrics
 from gateway.pipeline import Pipeline, QueryRequest
 from gateway.results import ResultStore
 from gateway.settings import Settings
@@ -49,8 +52,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (403, "policy_denied", "The policy does not permit the query"),
         (404, "not_found", "No such query, project or path"),
         (413, "too_large", "Request body or result over its limit"),
-        (429, "budget_exhausted", "The project's privacy budget cannot pay for the query"),
-        (503, "audit_unavailable", "The audit trail cannot be written"),
+        (429, "budget_exhausted", "The privacy budget cannot pay for the query, or the "
+         "caller's rate limit is reached (rate_limited)"),
+        (503, "audit_unavailable", "The audit trail cannot be written, or no engine slot "
+         "came free in time (engine_busy)"),
         (504, "query_timeout", "The query ran past the time limit"),
     ]
 }
@@ -92,8 +97,9 @@ def create_app(settings: Settings) -> FastAPI:
     results = ResultStore(settings.state_dir / "results.sqlite")
     ledger = BudgetLedger(settings.state_dir / "budget.sqlite")
     interrupted = ledger.recover()
+    metrics = Metrics()
     pipeline = Pipeline(settings, catalogue, policies, engine, verifier, trail, results,
-                        ledger, load_secret(settings.state_dir / "keys"))
+                        ledger, load_secret(settings.state_dir / "keys"), metrics)
     if interrupted:
         log.warning("budget_spends_interrupted", count=interrupted)
         pipeline.audit({"event": "budget_recovered", "decision": "recorded",
@@ -113,8 +119,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status,
-                            headers={"X-Request-ID": request.state.request_id})
+        headers = {"X-Request-ID": request.state.request_id}
+        if exc.status in (429, 503) and exc.reasons and isinstance(exc.reasons[0], dict) \
+                and "retry_after_s" in exc.reasons[0]:
+            headers["Retry-After"] = str(max(1, round(exc.reasons[0]["retry_after_s"])))
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -233,6 +242,12 @@ def create_app(settings: Settings) -> FastAPI:
         """Whether the chain is intact, its length, its head, and the first bad entry."""
         return governance.verify(request.state.request_id, request.headers.get("authorization"))
 
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    def prometheus_metrics() -> PlainTextResponse:
+        """Prometheus metrics: requests, latency per pipeline stage, cells suppressed, budget
+        spent, audit write latency, engine slots. Counts and timings only, never data."""
+        return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/healthz", tags=["operations"])
     def healthz() -> JSONResponse:
         """Liveness, and whether the audit trail can be written (if not, queries get 503)."""
@@ -243,7 +258,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     # Added last = outermost: the request id exists before the body limit can refuse.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, pipeline=pipeline)
-    app.add_middleware(RequestContext)
+    app.add_middleware(RequestContext, metrics=metrics)
     return app
 
 
@@ -277,10 +292,12 @@ def _audit_rejection(pipeline: Pipeline, request: Request | None, err: GatewayEr
 
 
 class RequestContext:
-    """Give every request an id, bind it to the logs, and return it in X-Request-ID."""
+    """Give every request an id, bind it to the logs, and return it in X-Request-ID; log and
+    count each request when it ends (method, route, status, duration: never SQL or data)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -291,15 +308,29 @@ class RequestContext:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
 
+        started = time.perf_counter()
+        status = 500
+
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == b"x-request-id" for k, _ in headers):
                     headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            elapsed = time.perf_counter() - started
+            self.metrics.requests.labels(path, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(path).observe(elapsed)
+            log.info("request", request_id=request_id, method=scope["method"], route=path,
+                     status=status, duration_ms=round(elapsed * 1000, 2))
 
 
 class BodyLimit:

@@ -47,6 +47,7 @@ from gateway.errors import (
     SqlRejected,
     Unauthenticated,
 )
+from gateway.operations import EngineSlots, Metrics, RateLimited, RateLimiter, StageTimer
 from gateway.results import ResultStore
 from gateway.settings import Settings
 from gateway.sql.analysis import Analysis, analyse
@@ -82,7 +83,7 @@ class Pipeline:
     def __init__(
         self, settings: Settings, catalogue: Catalogue, policies: PolicySet,
         engine: DuckDBEngine, verifier: TokenVerifier, trail: AuditTrail, results: ResultStore,
-        ledger: BudgetLedger, cell_key_secret: str,
+        ledger: BudgetLedger, cell_key_secret: str, metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.catalogue = catalogue
@@ -93,6 +94,10 @@ class Pipeline:
         self.results = results
         self.ledger = ledger
         self._cell_key_secret = cell_key_secret
+        self.metrics = metrics or Metrics()
+        self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        self.slots = EngineSlots(settings.max_concurrent_queries, settings.queue_timeout_s,
+                                 self.metrics)
         self._analyse = lru_cache(maxsize=1024)(self._analyse_uncached)
 
     def today(self) -> date:
@@ -234,8 +239,9 @@ class Pipeline:
         record["delta_spent"] = mech.delta_spent
         record["dp_fingerprint"] = fingerprint
         try:
-            raw = self.engine.execute(plan.sql, timeout_s=self.settings.query_timeout_s,
-                                      row_cap=10 * self.settings.row_cap)
+            with self.slots.slot():
+                raw = self.engine.execute(plan.sql, timeout_s=self.settings.query_timeout_s,
+                                          row_cap=10 * self.settings.row_cap)
             names = [o.name for o in analysis.outputs]
             released = dp.release(mech, raw.rows, names, [o.kind for o in analysis.outputs],
                                   _constants(analysis))
@@ -262,6 +268,7 @@ class Pipeline:
         try:
             caller = self.verifier.verify(req.authorization)
             record.update(_caller_fields(caller))
+            self._limit(caller)
             analysis = self._analyse(req.sql)
             record.update(tables=sorted(analysis.tables), columns=_columns(analysis))
             decision = self._decide(caller, req, analysis)
@@ -317,14 +324,16 @@ class Pipeline:
         # Write-ahead: the request is on record before any work is done for it. If it cannot
         # be written, nothing is done (AuditUnavailable, 503).
         self.audit({**record, "event": "query_received"})
-        stage = "authenticate"
+        timer = StageTimer(self.metrics)
+        stage = timer.enter("authenticate")
         try:
             if auth_error is not None:
                 raise auth_error
-            stage = "analyse"
+            self._limit(caller)
+            stage = timer.enter("analyse")
             analysis = self._analyse(req.sql)
             record.update(tables=sorted(analysis.tables), columns=_columns(analysis))
-            stage = "decide"
+            stage = timer.enter("decide")
             decision = self._decide(caller, req, analysis)
             record.update(_decision_fields(decision))
             if not decision.permitted:
@@ -338,37 +347,40 @@ class Pipeline:
             record["regime"] = output.regime
             record["obligations"] = _obligations(decision)
             if output.regime == "dp" and _person_level(analysis, self.catalogue):
-                stage = "dp"
+                stage = timer.enter("dp")
                 body = self._run_dp(req, caller, analysis, decision, record)
             else:
                 check_outputs(analysis.outputs)
-                stage = "rewrite"
+                stage = timer.enter("rewrite")
                 cell_keys = output.regime == "cell_key"
                 plan = rewrite(analysis, decision.obligations, self.catalogue,
                                self.settings.row_cap, cell_keys=cell_keys)
                 record["executed_sql"] = plan.sql
                 params = {SECRET_PARAM: self._cell_key_secret} if cell_keys and \
                     plan.person_level else None
-                stage = "execute"
-                raw = self.engine.execute(plan.sql, timeout_s=self.settings.query_timeout_s,
-                                          row_cap=self.settings.row_cap, params=params)
-                contributions = None
-                if (plan.contributions is not None
-                        and plan.contributions.inline_offset is not None):
-                    contributions = _inline_contributions(plan, raw)
-                elif plan.contributions is not None:
-                    record["contributions_sql"] = plan.contributions.sql
-                    contributions = self.engine.execute(
-                        plan.contributions.sql, timeout_s=self.settings.query_timeout_s,
-                        row_cap=self.settings.row_cap)
-                stage = "control"
+                stage = timer.enter("execute")
+                with self.slots.slot():
+                    raw = self.engine.execute(plan.sql, timeout_s=self.settings.query_timeout_s,
+                                              row_cap=self.settings.row_cap, params=params)
+                    contributions = None
+                    if (plan.contributions is not None
+                            and plan.contributions.inline_offset is not None):
+                        contributions = _inline_contributions(plan, raw)
+                    elif plan.contributions is not None:
+                        record["contributions_sql"] = plan.contributions.sql
+                        contributions = self.engine.execute(
+                            plan.contributions.sql, timeout_s=self.settings.query_timeout_s,
+                            row_cap=self.settings.row_cap)
+                stage = timer.enter("control")
                 body = self._control(analysis, plan, raw, decision, contributions)
         except GatewayError as err:
+            timer.enter("audit")
             self._close(record, started, err.decision, error=err)
             try:
                 self._keep(req, caller, err.decision, err.body())
             except StateUnavailable as keep_err:  # the refusal stands; it is audited
                 log.error("outcome_not_kept", request_id=req.request_id, error=keep_err.message)
+            timer.close()
             raise
         except Exception as exc:  # a defect: audit it, tell the client nothing of it
             log.exception("pipeline_defect", stage=stage, request_id=req.request_id)
@@ -377,6 +389,7 @@ class Pipeline:
             record["defect"] = type(exc).__name__
             self._close(record, started, "failed", error=err)
             raise err from None
+        timer.enter("audit")
         spent = body.pop("_dp", None)  # (fingerprint, mechanisms) of a dp spend
         record["rows_withheld"] = body.pop("_rows_withheld", 0)
         held = "held_because" in body["disclosure"]
@@ -406,6 +419,11 @@ class Pipeline:
             self.results.delete(req.request_id)
             raise
         self._settle(req, spent, response)
+        timer.close()
+        regime = body["disclosure"]["regime"]
+        self.metrics.suppressed.labels(regime).inc(len(body["disclosure"]["suppressed"]))
+        if body["disclosure"].get("epsilon_spent"):
+            self.metrics.epsilon.labels(req.project).inc(body["disclosure"]["epsilon_spent"])
         if held:  # nothing leaves until an IG reviewer releases it
             response = {**response, "rows": []}
         response["audit"] = {"seq": entry["seq"], "hash": entry["hash"]}
@@ -458,12 +476,22 @@ class Pipeline:
                           reasons=record.get("reasons") if decision == "denied"
                           else error.reasons)
         record["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        self.metrics.outcomes.labels(record.get("regime") or "none", decision).inc()
         return self.audit(record)
+
+    def _limit(self, caller: Caller) -> None:
+        try:
+            self.limiter.check(caller.sub)
+        except RateLimited:
+            self.metrics.rate_limited.inc()
+            raise
 
     def audit(self, record: dict[str, Any]) -> dict[str, Any]:
         """Write one entry durably, or raise AuditUnavailable: the caller releases nothing."""
+        t0 = time.perf_counter()
         try:
             entry = self.trail.append(record)
+            self.metrics.audit_write.observe(time.perf_counter() - t0)
         except AuditWriteError as exc:
             log.error("audit_write_failed", error=str(exc))
             raise AuditUnavailable("the audit trail cannot be written; nothing is released",

@@ -45,6 +45,13 @@ class Settings(BaseModel):
     max_sql_depth: int = Field(64, ge=8, description="Deepest syntax tree accepted (400).")
     query_timeout_s: float = Field(30.0, gt=0, description="Time limit per query (504).")
     row_cap: int = Field(10_000, ge=1, description="Most rows a result may hold (413).")
+    max_concurrent_queries: int = Field(
+        4, ge=1, description="Queries in the engine at once; the rest wait for a slot.")
+    queue_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for an engine slot before a 503.")
+    rate_limit_per_minute: int = Field(
+        600, ge=0, description="Requests a minute per subject before a 429 (0: no limit).")
+    rate_limit_burst: int = Field(60, ge=1, description="Requests a subject may send at once.")
     memory_limit: str = Field("4GB", description="DuckDB memory limit.")
     threads: int = Field(2, ge=1, description="DuckDB worker threads.")
     today: date | None = Field(

@@ -167,6 +167,8 @@ class LiveServer:
 
 
 def make_settings(data_dir: Path, state_dir: Path, **kw) -> Settings:
+    """Test servers have no rate limit unless a test sets one: suites send fast."""
+    kw.setdefault("rate_limit_per_minute", 0)
     return Settings(data_dir=data_dir, state_dir=state_dir, today=TODAY, **kw)
 
 
