@@ -105,8 +105,11 @@ def _serve(settings, host: str, port: int) -> None:
 @click.option("--dev-allow-hs256", is_flag=True, envvar="SDE_DEV_ALLOW_HS256",
               help="DEVELOPMENT ONLY: also accept HS256 tokens (kid 'dev-hmac') signed with "
               "the secret in $SDE_DEV_HMAC_SECRET (32 bytes or more). Never with real data.")
+@click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
+              help="Any other setting (see `sde-gateway settings`), e.g. --set "
+              "rate_limit_per_minute=120 --set max_concurrent_queries=2.")
 def serve(data_dir, catalogue_dir, policies_dir, state_dir, host, port,
-          dev_allow_hs256) -> None:
+          dev_allow_hs256, overrides) -> None:
     """Serve the API. The state directory is created with its keys on first start; token keys
     are read from its keys/jwks.json, and edits to that file take effect without a restart."""
     from pydantic import ValidationError
@@ -114,13 +117,19 @@ def serve(data_dir, catalogue_dir, policies_dir, state_dir, host, port,
     from gateway.settings import DEV_HMAC_SECRET_ENV
 
     try:
+        extra = dict(o.split("=", 1) for o in overrides if "=" in o)
+        if len(extra) != len(overrides):
+            err_console.print("[red]cannot start:[/red] --set takes NAME=VALUE")
+            sys.exit(2)
         settings = _settings(data_dir=data_dir, state_dir=state_dir,
                              catalogue_dir=catalogue_dir, policies_dir=policies_dir,
                              dev_allow_hs256=dev_allow_hs256,
-                             dev_hmac_secret=os.environ.get(DEV_HMAC_SECRET_ENV) or None)
+                             dev_hmac_secret=os.environ.get(DEV_HMAC_SECRET_ENV) or None,
+                             **extra)
     except ValidationError as exc:
         for e in exc.errors():
-            err_console.print(f"[red]cannot start:[/red] {e['msg']}")
+            where = '.'.join(str(p) for p in e['loc'])
+            err_console.print(f"[red]cannot start:[/red] {where}: {e['msg']}")
         sys.exit(2)
     _serve(settings, host, port)
 
