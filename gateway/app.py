@@ -51,6 +51,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (401, "unauthenticated", "Missing or invalid bearer token"),
         (403, "policy_denied", "The policy does not permit the query"),
         (404, "not_found", "No such query, project or path"),
+        (409, "conflict", "The query is not in a state that allows this (not held)"),
         (413, "too_large", "Request body or result over its limit"),
         (429, "budget_exhausted", "The privacy budget cannot pay for the query, or the "
          "caller's rate limit is reached (rate_limited)"),
@@ -201,7 +202,9 @@ def create_app(settings: Settings) -> FastAPI:
         return governance.budget(request.state.request_id,
                                  request.headers.get("authorization"), project_id)
 
-    @app.get("/v1/audit/events", tags=["audit"], responses=ERROR_RESPONSES,
+    @app.get("/v1/audit/events", tags=["audit"], responses={**ERROR_RESPONSES, 200: {
+        "description": "A page of entries: JSON, or CSV with format=csv",
+        "content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}}}},
              dependencies=[Depends(bearer)])
     def audit_events(
         request: Request,
@@ -248,7 +251,9 @@ def create_app(settings: Settings) -> FastAPI:
         spent, audit write latency, engine slots. Counts and timings only, never data."""
         return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get("/healthz", tags=["operations"], responses={503: {
+        "description": "Degraded: the audit trail cannot be written, so queries get 503",
+        "content": {"application/json": {}}}})
     def healthz() -> JSONResponse:
         """Liveness, and whether the audit trail can be written (if not, queries get 503)."""
         writable = trail.healthy and os.access(settings.audit_path, os.W_OK)
