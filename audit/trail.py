@@ -7,7 +7,8 @@ HMAC-SHA256 of ``hash`` under the audit key, so that someone who can write the f
 not hold the key cannot rebuild a consistent chain.
 
 An append returns only after the line is written and fsync'd: an acknowledged entry is on
-disk. Appends are serialised across threads (a lock) and processes (``flock`` on the file).
+disk. Appends are serialised across threads (a lock) and processes (``flock`` on the file);
+appends that arrive together are written together (group commit: one fsync for the batch).
 This module imports nothing from the rest of the project, so IG staff can verify a trail
 without trusting the gateway.
 """
@@ -56,6 +57,18 @@ def entry_mac(key: bytes, digest: str) -> str:
     return hmac.new(key, digest.encode("ascii"), hashlib.sha256).hexdigest()
 
 
+class _Pending:
+    """One record waiting for its batch to reach the disk."""
+
+    __slots__ = ("record", "done", "entry", "error")
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+        self.done = threading.Event()
+        self.entry: dict[str, Any] | None = None
+        self.error: AuditWriteError | None = None
+
+
 class AuditTrail:
     """Appends entries to one trail file, and signs its head after each append."""
 
@@ -67,7 +80,9 @@ class AuditTrail:
         self.path = Path(path)
         self._key = key
         self._checkpoint_key = checkpoint_key
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by the thread writing a batch
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
         #: the last write error, or None once a write has succeeded since
         self.last_error: str | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,47 +119,89 @@ class AuditTrail:
         })
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Write one entry durably and return it (with seq, hash and mac)."""
+        """Write one entry durably and return it (with seq, hash and mac).
+
+        Group commit: appends that arrive while another is being written wait for it, then
+        go to disk together, with one write, one fsync and one signed head for the batch. No
+        caller returns before its own entry is fsync'd; under load, many share the cost.
+        """
         clash = RESERVED & record.keys()
         if clash:
             raise ValueError(f"record uses reserved fields {sorted(clash)}")
-        with self._lock:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-            except OSError as exc:
-                self.last_error = str(exc)
-                raise AuditWriteError(f"cannot open the audit trail: {exc.strerror}") from exc
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                seq, prev = _tail(fd)
-                self._check_head(seq, prev)
+        waiter = _Pending(record)
+        with self._queue_lock:
+            self._queue.append(waiter)
+        while not waiter.done.is_set():
+            # Whoever holds the write lock writes everything queued, its own entry included.
+            if self._lock.acquire(timeout=0.05):
+                try:
+                    if not waiter.done.is_set():
+                        self._write_batch()
+                finally:
+                    self._lock.release()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.entry
+
+    def _write_batch(self) -> None:
+        """Write every queued record as one batch (called with the write lock held)."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        if not batch:
+            return
+        try:
+            entries = self._write(batch)
+        except AuditWriteError as exc:
+            for w in batch:
+                w.error = exc
+                w.done.set()
+            return
+        for w, entry in zip(batch, entries, strict=True):
+            w.entry = entry
+            w.done.set()
+
+    def _write(self, batch: list[_Pending]) -> list[dict[str, Any]]:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            self.last_error = str(exc)
+            raise AuditWriteError(f"cannot open the audit trail: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            seq, prev = _tail(fd)
+            self._check_head(seq, prev)
+            entries, lines = [], []
+            for w in batch:
+                seq += 1
                 entry = {
-                    "seq": seq + 1,
+                    "seq": seq,
                     "time": datetime.now(UTC).isoformat(timespec="microseconds"),
-                    **record,
+                    **w.record,
                     "prev_hash": prev,
                 }
                 entry["hash"] = entry_hash(entry)
                 entry["mac"] = entry_mac(self._key, entry["hash"])
-                line = canonical(entry) + b"\n"
-                _write_all(fd, line)
-                os.fsync(fd)
-                self.last_error = None
-                if self._checkpoint_key is not None:
-                    try:
-                        write_checkpoint(self.path, self._checkpoint_key, entry["seq"],
-                                         entry["hash"], entry["time"])
-                    except OSError as exc:
-                        # The entry is durable and chained; only the head checkpoint lags.
-                        # Report unhealthy so operators act, but do not disown the entry.
-                        self.last_error = f"head checkpoint not written: {exc}"
-                return entry
-            except (OSError, ValueError) as exc:
-                self.last_error = str(exc)
-                raise AuditWriteError(f"cannot write the audit trail: {exc}") from exc
-            finally:
-                os.close(fd)  # closing releases the flock
-
+                prev = entry["hash"]
+                entries.append(entry)
+                lines.append(canonical(entry) + b"\n")
+            _write_all(fd, b"".join(lines))
+            os.fsync(fd)
+            self.last_error = None
+            if self._checkpoint_key is not None:
+                last = entries[-1]
+                try:
+                    write_checkpoint(self.path, self._checkpoint_key, last["seq"],
+                                     last["hash"], last["time"])
+                except OSError as exc:
+                    # The entries are durable and chained; only the head checkpoint lags.
+                    # Report unhealthy so operators act, but do not disown the entries.
+                    self.last_error = f"head checkpoint not written: {exc}"
+            return entries
+        except (OSError, ValueError) as exc:
+            self.last_error = str(exc)
+            raise AuditWriteError(f"cannot write the audit trail: {exc}") from exc
+        finally:
+            os.close(fd)  # closing releases the flock
 
     def _check_head(self, seq: int, prev: str) -> None:
         """Refuse to extend a trail that no longer reaches its own signed head.

@@ -162,14 +162,16 @@ def create_app(settings: Settings) -> FastAPI:
                             headers=getattr(exc, "headers", None))
 
     @app.post("/v1/queries", tags=["queries"], responses=ERROR_RESPONSES,
-              dependencies=[Depends(bearer)])
-    def submit_query(body: QueryBody, request: Request) -> dict[str, Any]:
+              dependencies=[Depends(bearer)], response_model=dict[str, Any])
+    def submit_query(body: QueryBody, request: Request) -> JSONResponse:
         """Run one aggregate query under a project and purpose; returns the released table."""
-        return pipeline.run(QueryRequest(
+        # Already plain JSON values (pipeline._json_value): rendered directly, without
+        # FastAPI's generic encoder walking the table again.
+        return JSONResponse(pipeline.run(QueryRequest(
             request_id=request.state.request_id,
             authorization=request.headers.get("authorization"),
             sql=body.sql, project=body.project, purpose=body.purpose, epsilon=body.epsilon,
-        ))
+        )))
 
     @app.post("/v1/queries/explain", tags=["queries"], responses=ERROR_RESPONSES,
               dependencies=[Depends(bearer)])

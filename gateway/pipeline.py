@@ -53,7 +53,7 @@ from gateway.settings import Settings
 from gateway.sql.analysis import Analysis, analyse
 from gateway.sql.dp_rewrite import DpPlan, rewrite_dp
 from gateway.sql.rewrite import Plan, rewrite
-from policies import Caller, Decision, Facts, PolicySet, decide
+from policies import Caller, Decision, Facts, Obligations, PolicySet, decide
 
 log = structlog.get_logger("sde_gateway.pipeline")
 
@@ -99,6 +99,9 @@ class Pipeline:
         self.slots = EngineSlots(settings.max_concurrent_queries, settings.queue_timeout_s,
                                  self.metrics)
         self._analyse = lru_cache(maxsize=1024)(self._analyse_uncached)
+        # The rewrite is a pure function of the SQL and the obligations (which people, which
+        # regime); under load the same queries come again and again.
+        self._rewrite = lru_cache(maxsize=1024)(self._rewrite_uncached)
 
     def today(self) -> date:
         return self.settings.today or date.today()
@@ -108,6 +111,10 @@ class Pipeline:
     def _analyse_uncached(self, sql: str) -> Analysis:
         return analyse(sql, self.catalogue, max_chars=self.settings.max_sql_chars,
                        max_depth=self.settings.max_sql_depth)
+
+    def _rewrite_uncached(self, sql: str, obligations: Obligations, cell_keys: bool) -> Plan:
+        return rewrite(self._analyse(sql), obligations, self.catalogue, self.settings.row_cap,
+                       cell_keys=cell_keys)
 
     def _decide(self, caller: Caller, req: QueryRequest, analysis: Analysis) -> Decision:
         facts = Facts(caller=caller, project=req.project, purpose=req.purpose,
@@ -353,8 +360,7 @@ class Pipeline:
                 check_outputs(analysis.outputs)
                 stage = timer.enter("rewrite")
                 cell_keys = output.regime == "cell_key"
-                plan = rewrite(analysis, decision.obligations, self.catalogue,
-                               self.settings.row_cap, cell_keys=cell_keys)
+                plan = self._rewrite(req.sql, decision.obligations, cell_keys)
                 record["executed_sql"] = plan.sql
                 params = {SECRET_PARAM: self._cell_key_secret} if cell_keys and \
                     plan.person_level else None
