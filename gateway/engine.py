@@ -153,14 +153,18 @@ def build_database(data_dir: Path, state_dir: Path, catalogue: Catalogue) -> Pat
             select = ", ".join(f'CAST("{c.name}" AS {c.type}) AS "{c.name}"' for c in table.columns)
             con.execute(f'CREATE TABLE "{name}" AS SELECT {select} FROM read_parquet(?)',
                         [str(path)])
-            if table.grain == "person":
-                key = table.person_key
-                rows, people = con.execute(
+            # The analysis relies on what the catalogue declares unique: a lookup joined on its
+            # key matches once, and a table of one row per person counts people by rows.
+            for key, what in ((table.person_key if table.grain == "person" else None,
+                               "one row per person"), (table.key, f"a unique {table.key}")):
+                if key is None:
+                    continue
+                rows, distinct = con.execute(
                     f'SELECT COUNT(*), COUNT(DISTINCT "{key}") FROM "{name}"').fetchone()
-                if rows != people:  # the privacy analysis relies on it
+                if rows != distinct:
                     raise EngineSetupError(
-                        f"{path.name}: the catalogue declares one row per person, but "
-                        f"{rows - people} rows repeat a {key}")
+                        f"{path.name}: the catalogue declares {what}, but "
+                        f"{rows - distinct} rows repeat a {key}")
         con.execute("CHECKPOINT")
     except duckdb.Error as exc:
         raise EngineSetupError(f"cannot load the data directory: {exc}") from exc

@@ -88,8 +88,12 @@ def rewrite(
             rowpid = _row_person(scope, catalogue)
             seen: dict[str, int] = {}
             hidden = []
+            one_row_each = single and not cell_keys and _one_row_per_person(scope, catalogue)
             for i in aggregates:
                 proj = branch.expressions[i].unalias()
+                if one_row_each and _counts_rows(proj):
+                    people_index[i] = i  # one row per person: the rows counted are people
+                    continue
                 people = _people_behind(proj, branch, rowpid, scope, catalogue)
                 key = people.sql(dialect=DIALECT)
                 if single and key == proj.sql(dialect=DIALECT):
@@ -241,6 +245,32 @@ def _row_person(scope: Scope, catalogue: Catalogue) -> exp.Expression:
     return candidates[0] if len(candidates) == 1 else exp.Coalesce(
         this=candidates[0], expressions=candidates[1:]
     )
+
+
+def _one_row_per_person(scope: Scope, catalogue: Catalogue) -> bool:
+    """Whether each row of this select is a different person: its only person-level source is
+    a table with one row per person (checked when the engine loads it), and everything else it
+    reads is reference tables, which match at most once (joined on their key)."""
+    people = 0
+    for source in scope.sources.values():
+        if not isinstance(source, exp.Table):
+            return False
+        table = catalogue.table(source.name)
+        if table is None:
+            return False
+        if table.kind is TableKind.PERSON_LEVEL:
+            if table.grain != "person":
+                return False
+            people += 1
+        elif table.kind is not TableKind.REFERENCE:
+            return False
+    return people == 1
+
+
+def _counts_rows(node: exp.Expression) -> bool:
+    """COUNT(*), with or without FILTER: a count of rows, and nothing else."""
+    agg = node.this if isinstance(node, exp.Filter) else node
+    return isinstance(agg, exp.Count) and isinstance(agg.this, exp.Star)
 
 
 def _people_behind(
