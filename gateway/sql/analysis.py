@@ -133,6 +133,7 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
     _check_depth(tree, max_depth)
     _check_nodes(tree)
     ctes = _check_tables(tree, catalogue)
+    _expand_margin_positions(tree)
     original = tree.copy()
     try:
         qualified = qualify(
@@ -171,6 +172,18 @@ def _rows_sql(select: exp.Select) -> str:
     parts = [select.args.get("from") or select.args.get("from_"), select.args.get("where")]
     parts += select.args.get("joins") or []
     return " ".join(p.sql(dialect=DIALECT) for p in parts if p is not None)
+
+
+def _expand_margin_positions(tree: exp.Expression) -> None:
+    """GROUP BY ROLLUP (1, 2) means the first two output columns, as GROUP BY 1, 2 does;
+    the resolver expands plain positions only, so positions inside margins are expanded here."""
+    for select in list(tree.find_all(exp.Select)):
+        group = select.args.get("group")
+        for lit in list(group.find_all(exp.Literal)) if group else []:
+            margin = lit.find_ancestor(*MARGINS)
+            if (lit.is_int and margin is not None and margin.find_ancestor(exp.Select) is select
+                    and 1 <= int(lit.this) <= len(select.expressions)):
+                lit.replace(select.expressions[int(lit.this) - 1].unalias().copy())
 
 
 def group_keys(group: exp.Group | None) -> list[exp.Expression]:

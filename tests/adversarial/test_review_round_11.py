@@ -68,3 +68,15 @@ def test_one_source_of_a_derived_measure_is_still_a_fine_filter(server):
     sql = ("SELECT h.admission_method, SUM(h.length_of_stay) AS los FROM hospital_admissions h "
            "WHERE h.admission_date >= DATE '2024-01-01' GROUP BY h.admission_method")
     assert server.query(PLANNER[0], sql, *PLANNER[1:]).status_code == 200
+
+
+def test_positions_inside_rollup_mean_output_columns(server):
+    """Not a break but a refusal of a fair query: ROLLUP (1) as GROUP BY 1 would be."""
+    named = ("SELECT h.admission_method, COUNT(*) AS spells FROM hospital_admissions h "
+             "GROUP BY ROLLUP (h.admission_method)")
+    by_position = ("SELECT h.admission_method, COUNT(*) AS spells FROM hospital_admissions h "
+                   "GROUP BY ROLLUP (1)")
+    a = server.query(PLANNER[0], named, *PLANNER[1:])
+    b = server.query(PLANNER[0], by_position, *PLANNER[1:])
+    assert a.status_code == b.status_code == 200, b.text
+    assert server.released(a, "p.jones")["rows"] == server.released(b, "p.jones")["rows"]
