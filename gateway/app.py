@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPBearer
@@ -93,11 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="sde-gateway",
         version="0.1.0",
-        description="The only door into the secure data environment: aggregate SQL in, "
-        "disclosure-controlled, audited tables out. Every error, on every path, is JSON "
-        '`{"error": {"code", "message", "reasons", "hint"}}` (schema `ErrorBody`): the '
-        "statuses each operation can give are listed with it; besides those, an unknown path "
-        "gets 404 and a method a path does not offer gets 405 (with `Allow`).",
+        description=api.DESCRIPTION,
     )
     app.state.pipeline = pipeline
     bearer = HTTPBearer(auto_error=False, description="A signed JWT (RS256 or ES256) whose kid "
@@ -136,7 +133,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        err = GatewayError(str(exc.detail), code={404: "not_found", 405: "method_not_allowed"}
+        err = GatewayError(str(exc.detail), code={400: "invalid_request", 404: "not_found",
+                                                  405: "method_not_allowed"}
                            .get(exc.status_code, "http_error"))
         status = exc.status_code
         try:  # a probe of unknown paths is a bad input too: on the record
@@ -192,7 +190,8 @@ def create_app(settings: Settings) -> FastAPI:
              dependencies=[Depends(bearer)],
              responses={**api.ok(api.Budget, "The project's budget: total, spent, left"),
                         **api.errors(401, 404, 422, 503)})
-    def project_budget(project_id: str, request: Request) -> dict[str, Any]:
+    def project_budget(request: Request, project_id: str = PathParam(examples=["JOINT-PLANNING"])
+                       ) -> dict[str, Any]:
         """A project's privacy budget: total, spent and left, for its members and IG staff."""
         return governance.budget(request.state.request_id,
                                  request.headers.get("authorization"), project_id)
@@ -232,7 +231,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/v1/reviews/{query_id}", tags=["reviews"], response_model=None,
               dependencies=[Depends(bearer)],
               responses={**api.ok(api.ReviewOutcome, "Released or rejected, and its audit entry"),
-                         **api.errors(401, 403, 409, 413, 422, 503)})
+                         **api.errors(400, 401, 403, 409, 413, 422, 503)})
     def decide_review(query_id: str, body: ReviewBody, request: Request) -> dict[str, Any]:
         """Release or reject a held output, with a reason (ig_auditor; never your own)."""
         return governance.review(request.state.request_id, request.headers.get("authorization"),

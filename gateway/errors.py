@@ -109,7 +109,8 @@ def _error(code: str, message: str, reasons: list[Any] | None = None,
 
 #: status -> (description, {example name: example body}); the bodies are real answers.
 ERROR_EXAMPLES: dict[int, tuple[str, dict[str, dict[str, Any]]]] = {
-    400: ("The SQL does not parse, is not allowed, or the engine refused it", {
+    400: ("The SQL does not parse, is not allowed, or the engine refused it; or the body "
+          "cannot be read at all (not UTF-8)", {
         "sql_parse_error": _error(
             "sql_parse_error", "the SQL does not parse at line 1, column 14: Invalid "
             "expression / Unexpected token",
@@ -120,6 +121,7 @@ ERROR_EXAMPLES: dict[int, tuple[str, dict[str, dict[str, Any]]]] = {
         "query_failed": _error(
             "query_failed", "the engine could not run the query (conversion error)",
             hint="check the types and arithmetic of the expressions"),
+        "invalid_request": _error("invalid_request", "There was an error parsing the body"),
     }),
     401: ("Missing, expired or badly signed bearer token", {
         "unauthenticated": _error("unauthenticated", "missing bearer token",

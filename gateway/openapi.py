@@ -17,6 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from gateway.errors import ERROR_EXAMPLES, ErrorBody
 
+DESCRIPTION = (
+    "The only door into the secure data environment: aggregate SQL in, disclosure-controlled, "
+    "audited tables out. Every error, on every path, is JSON "
+    '`{"error": {"code", "message", "reasons", "hint"}}` (schema `ErrorBody`): the statuses '
+    "each operation can give are listed with it; besides those, an unknown path gets 404 and "
+    "a method a path does not offer gets 405 (with `Allow`).")
+
 #: 429 and 503 carry Retry-After when the gateway knows how long to wait.
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait, when known (rate limit)",
                                 "schema": {"type": "integer"}}}
@@ -356,14 +363,20 @@ class HeldOutput(BaseModel):
     result: QueryResult = Field(description="The controlled table the reviewer must judge.")
 
 
+_HOLES = "too many holes: 4 of 6 cells are suppressed: more than 50%"
+
+
 class ReviewQueue(BaseModel):
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{"held": [{
         "query_id": "5b0c2d7e9f4a4e1b8c3d6f2a1e0b9c8d", "submitted_by": "p.jones",
         "project": "JOINT-PLANNING", "recorded": "2026-11-23T12:20:01.114201+00:00",
-        "held_because": "more than half of the cells are suppressed",
-        "result": {**_RELEASED, "query_id": "5b0c2d7e9f4a4e1b8c3d6f2a1e0b9c8d",
-                   "status": "held", "rows": [["E01026491", 15, None, None]],
-                   "columns": ["lsoa_code", "residents", "over_70", "over_65"]}}]}]})
+        "held_because": _HOLES, "result": {
+            **_RELEASED, "query_id": "5b0c2d7e9f4a4e1b8c3d6f2a1e0b9c8d", "status": "held",
+            "columns": ["lsoa_code", "residents", "over_70", "over_65"],
+            "rows": [["E01026491", 15, None, None], ["E01026492", 10, None, None]],
+            "disclosure": {**_RELEASED["disclosure"], "held_because": _HOLES, "suppressed": [
+                {"row": r, "column": c, "rule": "fewer than 8 people"}
+                for r in (0, 1) for c in ("over_70", "over_65")]}}}]}]})
 
     held: list[HeldOutput]
 
