@@ -49,19 +49,18 @@ def ok(model: type[BaseModel], description: str) -> dict[int | str, dict[str, An
 
 # -- pieces shared by several answers --------------------------------------------------------
 
-_OPEN = ConfigDict(extra="allow")
+class Open(BaseModel):
+    """An answer that may carry fields beyond those named (they depend on regime or event)."""
+
+    model_config = ConfigDict(extra="allow")
 
 
-class LegalBasis(BaseModel):
-    model_config = _OPEN
-
+class LegalBasis(Open):
     type: str
     reference: str
 
 
-class PolicyRef(BaseModel):
-    model_config = _OPEN
-
+class PolicyRef(Open):
     id: str | None = Field(description="The policy that decided; null if none covers it.")
     legal_basis: LegalBasis | None
 
@@ -73,27 +72,21 @@ class AuditRef(BaseModel):
     hash: str
 
 
-class Reason(BaseModel):
-    model_config = _OPEN
-
+class Reason(Open):
     rule: str
     message: str
 
 
-class SuppressedCell(BaseModel):
-    model_config = _OPEN
-
+class SuppressedCell(Open):
     row: int = Field(description="Row index in ``rows``.")
     column: str = Field(description="Column name.")
     rule: str = Field(description="The rule that suppressed it.")
 
 
-class Disclosure(BaseModel):
+class Disclosure(Open):
     """What disclosure control did to the table. Fields beyond these depend on the regime:
     threshold (min_people, rounding_base, dominance), cell_key (perturbation, note), dp
     (delta_spent, epsilon_left, delta_left, accuracy, mechanism, repeat_of)."""
-
-    model_config = _OPEN
 
     regime: Literal["threshold", "cell_key", "dp"]
     epsilon_spent: float | None = Field(description="Privacy budget spent (dp only).")
@@ -117,10 +110,8 @@ _RELEASED = {
 }
 
 
-class QueryResult(BaseModel):
+class QueryResult(Open):
     """A released (or held, or reviewed) table."""
-
-    model_config = _OPEN
 
     query_id: str
     status: Literal["released", "held", "rejected"]
@@ -133,7 +124,7 @@ class QueryResult(BaseModel):
 
 
 class QueryResponse(QueryResult):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
+    model_config = ConfigDict(json_schema_extra={"examples": [
         {**_RELEASED, "audit": {"seq": 2, "hash": "b1f3b65b2d9f285e31e4c944b5dee145f619f338"
                                                   "76b598df9373bcc9491c1c54"}}]})
 
@@ -141,10 +132,10 @@ class QueryResponse(QueryResult):
     audit: AuditRef
 
 
-class QueryRecord(BaseModel):
+class QueryRecord(Open):
     """A past query as kept: its outcome, and the released table or the refusal."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+    model_config = ConfigDict(json_schema_extra={"examples": [{
         "query_id": _RELEASED["query_id"], "status": "released", "submitted_by": "p.jones",
         "project": "JOINT-PLANNING", "recorded": "2026-11-23T12:12:32.955462+00:00",
         "result": _RELEASED}]})
@@ -165,19 +156,17 @@ class ColumnUse(BaseModel):
     clauses: list[str]
 
 
-class OutputColumn(BaseModel):
-    model_config = _OPEN
-
+class OutputColumn(Open):
     name: str
     kind: str
     shape: str | None
 
 
-class Explanation(BaseModel):
+class Explanation(Open):
     """The decision for a query and what would run; ``obligations``, ``output`` and
     ``executed_sql`` only when it is permitted (and ``dp``, ``budget`` under dp)."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+    model_config = ConfigDict(json_schema_extra={"examples": [{
         "query_id": "02aecb802a8146a6bc8c24f8d574c513", "decision": "deny",
         "policy": {"id": "outbreak-control-reg3", "legal_basis": {
             "type": "copi_reg3", "reference": "COPI Regulations 2002, regulation 3(1) and 3(3)"}},
@@ -206,8 +195,8 @@ class Explanation(BaseModel):
 # -- catalogue and budget --------------------------------------------------------------------
 
 
-class CatalogueColumn(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+class CatalogueColumn(Open):
+    model_config = ConfigDict(populate_by_name=True)
 
     name: str
     type: str
@@ -216,27 +205,21 @@ class CatalogueColumn(BaseModel):
     values: list[JsonValue] | None = Field(None, description="The allowed values, if a code.")
 
 
-class CatalogueTable(BaseModel):
-    model_config = _OPEN
-
+class CatalogueTable(Open):
     name: str
     description: str
     columns: list[CatalogueColumn]
 
 
-class CatalogueDataset(BaseModel):
-    model_config = _OPEN
-
+class CatalogueDataset(Open):
     name: str
     title: str
     description: str
     tables: list[CatalogueTable]
 
 
-class CatalogueProject(BaseModel):
+class CatalogueProject(Open):
     """One of the caller's projects: what it may use today, or why it may not."""
-
-    model_config = _OPEN
 
     project: str
     access: Literal["permitted", "denied"]
@@ -253,8 +236,8 @@ class CatalogueProject(BaseModel):
     datasets: list[CatalogueDataset] | None = None
 
 
-class Catalogue(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{"projects": [{
+class Catalogue(Open):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"projects": [{
         "project": "JOINT-PLANNING", "policy": "joint-planning",
         "title": "Joint health and care planning", "access": "permitted",
         "legal_basis": {"type": "copi_joint_planning", "reference": "COPI Regulations 2002 as "
@@ -276,11 +259,11 @@ class Catalogue(BaseModel):
     projects: list[CatalogueProject]
 
 
-class Budget(BaseModel):
+class Budget(Open):
     """A project's privacy budget. Only the dp regime spends one: under the others the
     epsilon figures are null and ``note`` says so."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+    model_config = ConfigDict(json_schema_extra={"examples": [{
         "project": "PRJ-0042", "policy": "diabetes-research-s251", "regime": "dp",
         "epsilon_total": 4.0, "epsilon_spent": 1.0, "epsilon_left": 3.0, "delta_total": 1e-06,
         "delta_spent": 0.0, "delta_left": 1e-06, "queries_charged": 1,
@@ -303,10 +286,8 @@ class Budget(BaseModel):
 # -- audit and reviews -----------------------------------------------------------------------
 
 
-class AuditEntry(BaseModel):
+class AuditEntry(Open):
     """One entry of the trail; its other fields depend on the event (never row data)."""
-
-    model_config = _OPEN
 
     seq: int
     time: str
@@ -314,8 +295,8 @@ class AuditEntry(BaseModel):
     hash: str
 
 
-class AuditPage(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+class AuditPage(Open):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
         "events": [{"seq": 9, "time": "2026-11-23T12:12:33.620411+00:00",
                     "event": "query_read", "request_id": "764eb09d6c2b4828a459f3a4871e4992",
                     "query_id": "c825f14301614ac68cf67105ad53586c", "subject": "p.jones",
@@ -331,17 +312,15 @@ class AuditPage(BaseModel):
     count: int
 
 
-class FirstBad(BaseModel):
-    model_config = _OPEN
-
+class FirstBad(Open):
     line: int | None
     seq: int | None
     reason: str | None
     torn_tail: bool | None
 
 
-class Verification(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+class Verification(Open):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
         "intact": True, "entries": 14, "checkpoint_seq": 14, "first_bad": None,
         "head_hash": "311aceeb058cb48f9d6fb0d210b61a23f51ab5803382e7ecb0ef948a4718161e"}]})
 
@@ -352,9 +331,7 @@ class Verification(BaseModel):
     first_bad: FirstBad | None
 
 
-class HeldOutput(BaseModel):
-    model_config = _OPEN
-
+class HeldOutput(Open):
     query_id: str
     submitted_by: str | None
     project: str | None
@@ -366,8 +343,8 @@ class HeldOutput(BaseModel):
 _HOLES = "too many holes: 4 of 6 cells are suppressed: more than 50%"
 
 
-class ReviewQueue(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{"held": [{
+class ReviewQueue(Open):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"held": [{
         "query_id": "5b0c2d7e9f4a4e1b8c3d6f2a1e0b9c8d", "submitted_by": "p.jones",
         "project": "JOINT-PLANNING", "recorded": "2026-11-23T12:20:01.114201+00:00",
         "held_because": _HOLES, "result": {
@@ -381,8 +358,8 @@ class ReviewQueue(BaseModel):
     held: list[HeldOutput]
 
 
-class ReviewOutcome(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+class ReviewOutcome(Open):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
         "query_id": "5b0c2d7e9f4a4e1b8c3d6f2a1e0b9c8d", "status": "released",
         "audit": {"seq": 31, "hash": "9e1f0c2b4d6a8e0f1c3b5d7a9e1f3c5b"
                                      "7d9a1e3f5c7b9d1a3e5f7c9b1d3a5e7f"}}]})
@@ -392,8 +369,8 @@ class ReviewOutcome(BaseModel):
     audit: AuditRef
 
 
-class Health(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
+class Health(Open):
+    model_config = ConfigDict(json_schema_extra={"examples": [
         {"status": "ok", "engine": "duckdb", "audit": "writable"},
         {"status": "degraded", "engine": "duckdb",
          "audit": "failing: [Errno 28] No space left on device"}]})
