@@ -16,7 +16,7 @@ import structlog
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +38,7 @@ from gateway.keyset import KeySet
 from gateway.logs import configure_logging
 from gateway.operations import Metrics
 from gateway.pipeline import Pipeline, QueryRequest
+from gateway.rendering import JSONResponse, utf8_text
 from gateway.results import ResultStore
 from gateway.settings import Settings
 from gateway.state import ensure_state
@@ -94,7 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="sde-gateway",
         version="0.1.0",
-        description=api.DESCRIPTION,
+        description=api.DESCRIPTION, default_response_class=JSONResponse,
     )
     app.state.pipeline = pipeline
     bearer = HTTPBearer(auto_error=False, description="A signed JWT (RS256 or ES256) whose kid "
@@ -216,7 +217,7 @@ def create_app(settings: Settings) -> FastAPI:
         page = governance.events(request.state.request_id,
                                  request.headers.get("authorization"), where, after, limit)
         if format == "csv":
-            return PlainTextResponse(to_csv(page["events"]), media_type="text/csv",
+            return PlainTextResponse(utf8_text(to_csv(page["events"])), media_type="text/csv",
                                      headers={"X-Next-After": str(page["next_after"] or "")})
         return page
 

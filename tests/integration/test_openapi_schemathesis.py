@@ -22,6 +22,7 @@ import time cannot reach a server that the session starts.)
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -125,7 +126,8 @@ def test_real_answers_match_their_schema(fresh_server):
     def call(method: str, template: str, sub: str | None, path: str | None = None,
              **kw) -> httpx.Response:
         auth = {"Authorization": f"Bearer {s.token(sub)}"} if sub else {}
-        response = s.client.request(method, path or template, headers=auth, **kw)
+        response = s.client.request(method, path or template,
+                                    headers={**auth, **kw.pop("headers", {})}, **kw)
         api[template][method].validate_response(response)
         return response
 
@@ -171,7 +173,15 @@ def test_real_answers_match_their_schema(fresh_server):
         assert call("GET", budget, sub, f"/v1/projects/{project}/budget").status_code == status
     for sub in ("r.smith", "c.trader", None):  # permitted and denied projects; no token
         call("GET", "/v1/catalogue", sub)
-    for params in ({"limit": 3}, {"format": "csv"}, {"limit": 0}):
+    # JSON may carry a lone surrogate. The query is refused (400 sql_not_text), but its
+    # write-ahead entry keeps the SQL, and every audit page quoting it must still be an answer
+    # the schema documents (JSON or CSV), not a 500
+    hostile = {"sql": "SELECT '\ud800' AS k, COUNT(*) AS n FROM patients GROUP BY k",
+               "project": "JOINT-PLANNING", "purpose": "planning"}
+    assert call("POST", "/v1/queries", "p.jones", content=json.dumps(hostile), headers={
+        "Content-Type": "application/json"}).status_code == 400
+    for params in ({"limit": 3}, {"format": "csv"}, {"limit": 0}, {"limit": 1000},
+                  {"limit": 1000, "format": "csv"}):
         call("GET", "/v1/audit/events", "ig.lead", params=params)
     assert call("GET", "/v1/audit/events", "p.jones").status_code == 403
     assert call("GET", "/v1/audit/verify", "ig.lead").json()["intact"]
