@@ -14,8 +14,9 @@ from typing import Any
 
 import structlog
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from audit import AuditTrail, EventFilter, to_csv
 from datasets import load_catalogue
+from gateway import openapi as api
 from gateway.auth import DEV_HMAC_KID, TokenVerifier
 from gateway.budget import BudgetLedger
 from gateway.disclosure.cellkey import load_secret
@@ -36,31 +38,13 @@ from gateway.keyset import KeySet
 from gateway.logs import configure_logging
 from gateway.operations import Metrics
 from gateway.pipeline import Pipeline, QueryRequest
+from gateway.rendering import JSONResponse, utf8_text
 from gateway.results import ResultStore
 from gateway.settings import Settings
 from gateway.state import ensure_state
 from policies import load_policies
 
 log = structlog.get_logger("sde_gateway.http")
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"description": desc, "content": {"application/json": {"example": {"error": {
-        "code": name, "message": desc, "reasons": [], "hint": None}}}}}
-    for code, name, desc in [
-        (400, "sql_rejected", "The SQL does not parse or is not allowed"),
-        (401, "unauthenticated", "Missing or invalid bearer token"),
-        (403, "policy_denied", "The policy does not permit the query"),
-        (404, "not_found", "No such query, project or path"),
-        (409, "conflict", "The query is not in a state that allows this (not held)"),
-        (413, "too_large", "Request body or result over its limit"),
-        (429, "budget_exhausted", "The privacy budget cannot pay for the query, or the "
-         "caller's rate limit is reached (rate_limited)"),
-        (503, "audit_unavailable", "The audit trail cannot be written, or no engine slot "
-         "came free in time (engine_busy)"),
-        (504, "query_timeout", "The query ran past the time limit"),
-    ]
-}
-
 
 class ReviewBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -111,8 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="sde-gateway",
         version="0.1.0",
-        description="The only door into the secure data environment: aggregate SQL in, "
-        "disclosure-controlled, audited tables out.",
+        description=api.DESCRIPTION, default_response_class=JSONResponse,
     )
     app.state.pipeline = pipeline
     bearer = HTTPBearer(auto_error=False, description="A signed JWT (RS256 or ES256) whose kid "
@@ -151,7 +134,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        err = GatewayError(str(exc.detail), code={404: "not_found", 405: "method_not_allowed"}
+        err = GatewayError(str(exc.detail), code={400: "invalid_request", 404: "not_found",
+                                                  405: "method_not_allowed"}
                            .get(exc.status_code, "http_error"))
         status = exc.status_code
         try:  # a probe of unknown paths is a bad input too: on the record
@@ -161,8 +145,10 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(err.body(), status_code=status,
                             headers=getattr(exc, "headers", None))
 
-    @app.post("/v1/queries", tags=["queries"], responses=ERROR_RESPONSES,
-              dependencies=[Depends(bearer)], response_model=dict[str, Any])
+    @app.post("/v1/queries", tags=["queries"], response_model=None,
+              dependencies=[Depends(bearer)],
+              responses={**api.ok(api.QueryResponse, "The released table, or a held one"),
+                         **api.errors(400, 401, 403, 413, 422, 429, 503, 504)})
     def submit_query(body: QueryBody, request: Request) -> JSONResponse:
         """Run one aggregate query under a project and purpose; returns the released table."""
         # Already plain JSON values (pipeline._json_value): rendered directly, without
@@ -173,8 +159,10 @@ def create_app(settings: Settings) -> FastAPI:
             sql=body.sql, project=body.project, purpose=body.purpose, epsilon=body.epsilon,
         )))
 
-    @app.post("/v1/queries/explain", tags=["queries"], responses=ERROR_RESPONSES,
-              dependencies=[Depends(bearer)])
+    @app.post("/v1/queries/explain", tags=["queries"], response_model=None,
+              dependencies=[Depends(bearer)],
+              responses={**api.ok(api.Explanation, "The decision (permit or deny), what would run"),
+                         **api.errors(400, 401, 413, 422, 429, 503)})
     def explain_query(body: QueryBody, request: Request) -> dict[str, Any]:
         """The decision and its reasons, the tables and columns touched, and the SQL that would
         run, without running anything. A denial is an answer here (200), not an error."""
@@ -184,30 +172,37 @@ def create_app(settings: Settings) -> FastAPI:
             sql=body.sql, project=body.project, purpose=body.purpose, epsilon=body.epsilon,
         ))
 
-    @app.get("/v1/catalogue", tags=["catalogue"], responses=ERROR_RESPONSES,
-             dependencies=[Depends(bearer)])
+    @app.get("/v1/catalogue", tags=["catalogue"], response_model=None,
+             dependencies=[Depends(bearer)],
+             responses={**api.ok(api.Catalogue, "The caller's projects and what each may use"),
+                        **api.errors(401, 503)})
     def read_catalogue(request: Request) -> dict[str, Any]:
         """The datasets, tables and columns each of the caller's projects may use today."""
         return discovery.catalogue(request.state.request_id, request.headers.get("authorization"))
 
-    @app.get("/v1/queries/{query_id}", tags=["queries"], responses=ERROR_RESPONSES,
-             dependencies=[Depends(bearer)])
+    @app.get("/v1/queries/{query_id}", tags=["queries"], response_model=None,
+             dependencies=[Depends(bearer)],
+             responses={**api.ok(api.QueryRecord, "The query's outcome and its table or refusal"),
+                        **api.errors(401, 404, 422, 503)})
     def read_query(query_id: str, request: Request) -> dict[str, Any]:
         """A past query's status and released result: for its submitter and for IG staff."""
         return governance.query(request.state.request_id,
                                 request.headers.get("authorization"), query_id)
 
-    @app.get("/v1/projects/{project_id}/budget", tags=["projects"], responses=ERROR_RESPONSES,
-             dependencies=[Depends(bearer)])
-    def project_budget(project_id: str, request: Request) -> dict[str, Any]:
+    @app.get("/v1/projects/{project_id}/budget", tags=["projects"], response_model=None,
+             dependencies=[Depends(bearer)],
+             responses={**api.ok(api.Budget, "The project's budget: total, spent, left"),
+                        **api.errors(401, 404, 422, 503)})
+    def project_budget(request: Request, project_id: str = PathParam(examples=["JOINT-PLANNING"])
+                       ) -> dict[str, Any]:
         """A project's privacy budget: total, spent and left, for its members and IG staff."""
         return governance.budget(request.state.request_id,
                                  request.headers.get("authorization"), project_id)
 
-    @app.get("/v1/audit/events", tags=["audit"], responses={**ERROR_RESPONSES, 200: {
-        "description": "A page of entries: JSON, or CSV with format=csv",
-        "content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}}}},
-             dependencies=[Depends(bearer)])
+    @app.get("/v1/audit/events", tags=["audit"], response_model=None,
+             dependencies=[Depends(bearer)], responses={**api.errors(401, 403, 422, 503), 200: {
+                 "model": api.AuditPage, "description": "A page of entries: JSON, or CSV with "
+                 "format=csv", "content": {"text/csv": {"schema": {"type": "string"}}}}})
     def audit_events(
         request: Request,
         subject: str | None = None, org: str | None = None, project: str | None = None,
@@ -224,25 +219,31 @@ def create_app(settings: Settings) -> FastAPI:
         page = governance.events(request.state.request_id,
                                  request.headers.get("authorization"), where, after, limit)
         if format == "csv":
-            return PlainTextResponse(to_csv(page["events"]), media_type="text/csv",
+            return PlainTextResponse(utf8_text(to_csv(page["events"])), media_type="text/csv",
                                      headers={"X-Next-After": str(page["next_after"] or "")})
         return page
 
-    @app.get("/v1/reviews", tags=["reviews"], responses=ERROR_RESPONSES,
-             dependencies=[Depends(bearer)])
+    @app.get("/v1/reviews", tags=["reviews"], response_model=None,
+             dependencies=[Depends(bearer)],
+             responses={**api.ok(api.ReviewQueue, "The outputs held for review"),
+                        **api.errors(401, 403, 503)})
     def list_reviews(request: Request) -> dict[str, Any]:
         """Outputs held for review (ig_auditor only), with the table to judge."""
         return governance.reviews(request.state.request_id, request.headers.get("authorization"))
 
-    @app.post("/v1/reviews/{query_id}", tags=["reviews"], responses=ERROR_RESPONSES,
-              dependencies=[Depends(bearer)])
+    @app.post("/v1/reviews/{query_id}", tags=["reviews"], response_model=None,
+              dependencies=[Depends(bearer)],
+              responses={**api.ok(api.ReviewOutcome, "Released or rejected, and its audit entry"),
+                         **api.errors(400, 401, 403, 409, 413, 422, 503)})
     def decide_review(query_id: str, body: ReviewBody, request: Request) -> dict[str, Any]:
         """Release or reject a held output, with a reason (ig_auditor; never your own)."""
         return governance.review(request.state.request_id, request.headers.get("authorization"),
                                  query_id, body.decision, body.reason)
 
-    @app.get("/v1/audit/verify", tags=["audit"], responses=ERROR_RESPONSES,
-             dependencies=[Depends(bearer)])
+    @app.get("/v1/audit/verify", tags=["audit"], response_model=None,
+             dependencies=[Depends(bearer)],
+             responses={**api.ok(api.Verification, "Whether the chain is intact, where it breaks"),
+                        **api.errors(401, 403, 503)})
     def audit_verify(request: Request) -> dict[str, Any]:
         """Whether the chain is intact, its length, its head, and the first bad entry."""
         return governance.verify(request.state.request_id, request.headers.get("authorization"))
@@ -253,9 +254,10 @@ def create_app(settings: Settings) -> FastAPI:
         spent, audit write latency, engine slots. Counts and timings only, never data."""
         return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz", tags=["operations"], responses={503: {
-        "description": "Degraded: the audit trail cannot be written, so queries get 503",
-        "content": {"application/json": {}}}})
+    @app.get("/healthz", tags=["operations"], response_model=None,
+             responses={**api.ok(api.Health, "Up, and the audit trail can be written"), 503: {
+                 "model": api.Health, "description": "Degraded: the audit trail cannot be "
+                 "written, so queries get 503"}})
     def healthz() -> JSONResponse:
         """Liveness, and whether the audit trail can be written (if not, queries get 503)."""
         writable = trail.healthy and os.access(settings.audit_path, os.W_OK)
