@@ -146,6 +146,10 @@ class Pipeline:
         controlled = self._secondary(analysis, plan, raw, controlled, names)
         controlled, withheld = _withhold_small_groups(
             controlled, people, output.min_people, _keyed_rows(analysis, plan, raw))
+        averages = [c for c, shape in enumerate(_shapes(analysis)) if shape == "average"]
+        for row in controlled.rows:  # see _significant
+            for c in averages:
+                row[c] = _significant(row[c])
         # How many rows were withheld is a count of small groups: for the audit trail only.
         # And whether to hold is judged on what would be released, not on withheld rows.
         controlled = replace(controlled, hold=hold_reason(
@@ -525,6 +529,17 @@ def _shapes(analysis: Analysis) -> list[str]:
         node = node.this if isinstance(node, exp.Filter) else node
         out.append("average" if isinstance(node, exp.Avg) else "sum")
     return out
+
+
+AVERAGE_DIGITS = 3
+
+
+def _significant(value: Any) -> Any:
+    """An average to 3 significant figures. Released in full, a double is an exact fraction:
+    the sum over the count, and so an exact count beside the rounded one (review round 12)."""
+    if not isinstance(value, float) or value == 0 or not math.isfinite(value):
+        return value
+    return float(f"{value:.{AVERAGE_DIGITS}g}")
 
 
 def _constants(analysis: Analysis) -> dict[int, Any]:

@@ -951,6 +951,49 @@ def _check_measure_filters(tree: exp.Expression, outers: list[exp.Select],
             "a query without the sum")
 
 
+def _check_measure_rows_once(tree: exp.Select, scope: Scope, catalogue: Catalogue) -> None:
+    """A summed measure's rows must each count once: every other source of the query may hold
+    at most one row per person (a one-row-per-person table, a lookup on its key, or a derived
+    table grouped by the person key). A derived table with two rows per person, tagged apart,
+    puts one admission in two cells that share everyone but a chosen person: the difference
+    of the two sums is that person's value (review round 12)."""
+    measures = set()
+    for proj in tree.expressions:
+        for agg in _aggregates_of(proj, tree):
+            if isinstance(agg, exp.Sum | exp.Avg) and isinstance(agg.this, exp.Column):
+                origin = bare_origin(agg.this, scope, catalogue)
+                if origin and origin[1].cls is ColumnClass.MEASURE:
+                    measures.add(agg.this.table)
+    if not measures:
+        return
+    for alias, source in scope.sources.items():
+        if alias in measures or _one_per_person(source, catalogue):
+            continue
+        raise SqlRejected(
+            f"{alias!r} can hold several rows per person, so a summed measure joined to it "
+            "would count the same rows more than once (and in more than one cell)",
+            hint="join tables with one row per person, lookups on their key, or a subquery "
+            "grouped by person_id; filter on other rows with EXISTS or IN")
+
+
+def _one_per_person(source, catalogue: Catalogue) -> bool:
+    if isinstance(source, exp.Table):
+        table = catalogue.table(source.name)
+        return table is not None and (table.grain == "person"
+                                      or table.kind.value == "reference")
+    if isinstance(source, Scope) and isinstance(source.expression, exp.Select):
+        select = source.expression
+        keys = group_keys(select.args.get("group"))
+        if any(isinstance(k, exp.Column) and is_person_key(k, source, catalogue)
+               for k in keys) and not any(isinstance(k, exp.Column) and not
+                                          is_person_key(k, source, catalogue) for k in keys):
+            return not select.args.get("group").find(*MARGINS)
+        if not select.args.get("group") and len(source.sources) == 1:
+            return _one_per_person(next(iter(source.sources.values())), catalogue) and \
+                not select.find(exp.Join)
+    return False
+
+
 def _check_measure_cells(tree: exp.Select, scope: Scope) -> None:
     """Sums and averages in one row must add up the same rows, and not both of one column.
 
@@ -1075,6 +1118,7 @@ def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
         additive = shape == "count" or (shape == "measure" and isinstance(core, exp.Sum))
         outputs.append(OutputColumn(name, "aggregate", shape, additive))
     _check_measure_cells(tree, scope)
+    _check_measure_rows_once(tree, scope, catalogue)
     if not any_agg:
         raise SqlRejected("the query (or a branch of its UNION) has no aggregate: the gateway releases aggregate tables only",
                           hint="add COUNT(DISTINCT person_id) or another aggregate")
