@@ -328,7 +328,8 @@ def test_sums_of_measures_are_released_with_people_behind_them(server, raw):
     for method, bed_days in sum_rows:
         assert bed_days is None or bed_days == truth[method][0]
     for method, mean_stay in mean_rows:
-        assert mean_stay is None or mean_stay == pytest.approx(truth[method][1])
+        # averages leave to 3 significant figures (an exact double is an exact fraction)
+        assert mean_stay is None or mean_stay == float(f"{truth[method][1]:.3g}")
 
 
 def test_union_of_aggregates_with_a_total_row_is_filtered_in_every_branch(server, raw):
