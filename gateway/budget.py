@@ -17,10 +17,30 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from gateway.errors import GatewayError
+
+
+class LedgerUnavailable(GatewayError):
+    """The ledger cannot be read or written: nothing is spent, run or released (fail closed)."""
+
+    status, code, decision = 503, "budget_unavailable", "failed"
+
+
+@contextmanager
+def _guarded() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise LedgerUnavailable(
+            f"the privacy budget ledger cannot be used ({type(exc).__name__}); nothing ran",
+            hint="operators: check the state directory's budget.sqlite and its disk") from None
 
 #: float arithmetic in the mechanisms can leave a spend a hair over its nominal value
 TOLERANCE = 1e-9
@@ -107,7 +127,8 @@ class BudgetLedger:
         return cur.rowcount
 
     def budget(self, project: str, epsilon_total: float, delta_total: float) -> Budget:
-        return self._budget(self._connect(), project, epsilon_total, delta_total)
+        with _guarded():
+            return self._budget(self._connect(), project, epsilon_total, delta_total)
 
     @staticmethod
     def _budget(con: sqlite3.Connection, project: str, eps_total: float,
@@ -122,6 +143,13 @@ class BudgetLedger:
                 delta_total: float) -> Reservation:
         """Return the stored answer of an identical query, or spend, or refuse (spent=False,
         no answer). Atomic: the check and the spend are one write transaction."""
+        with _guarded():
+            return self._reserve(project, fingerprint, request_id, subject, epsilon, delta,
+                                 epsilon_total, delta_total)
+
+    def _reserve(self, project: str, fingerprint: str, request_id: str, subject: str,
+                 epsilon: float, delta: float, epsilon_total: float,
+                 delta_total: float) -> Reservation:
         con = self._connect()
         deadline = time.monotonic() + self.wait_s
         while True:
@@ -158,19 +186,27 @@ class BudgetLedger:
     def settle(self, *, project: str, fingerprint: str, request_id: str,
                answer: dict[str, Any] | None) -> None:
         """Record the outcome of a spend: its answer (reused by identical queries) or failure."""
-        con = self._connect()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            con.execute("UPDATE spends SET status = ? WHERE request_id = ?",
-                        ("released" if answer is not None else "failed", request_id))
-            if answer is not None:
-                con.execute("INSERT OR REPLACE INTO answers (project, fingerprint, request_id, "
-                            "body) VALUES (?, ?, ?, ?)",
-                            (project, fingerprint, request_id, json.dumps(answer)))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        with _guarded():
+            con = self._connect()
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.execute("UPDATE spends SET status = ? WHERE request_id = ?",
+                            ("released" if answer is not None else "failed", request_id))
+                if answer is not None:
+                    con.execute("INSERT OR REPLACE INTO answers (project, fingerprint, "
+                                "request_id, body) VALUES (?, ?, ?, ?)",
+                                (project, fingerprint, request_id, json.dumps(answer)))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def cancel(self, request_id: str) -> None:
+        """Take back a spend whose query never reached the engine (no slot came free): nothing
+        was computed from the data, so nothing was spent."""
+        with _guarded():
+            self._connect().execute(
+                "DELETE FROM spends WHERE request_id = ? AND status = 'running'", (request_id,))
 
     def spends(self, project: str) -> list[dict[str, Any]]:
         con = self._connect()

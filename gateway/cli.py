@@ -73,6 +73,8 @@ def _settings(**kwargs):
 
 
 def _serve(settings, host: str, port: int) -> None:
+    import sqlite3
+
     import uvicorn
 
     from gateway.app import create_app
@@ -85,7 +87,7 @@ def _serve(settings, host: str, port: int) -> None:
         for p in exc.problems:
             err_console.print(f"  {p}")
         sys.exit(2)
-    except (RuntimeError, ValueError, OSError) as exc:
+    except (RuntimeError, ValueError, OSError, sqlite3.Error) as exc:
         err_console.print(f"[red]cannot start:[/red] {exc}")
         sys.exit(2)
     err_console.print(f"serving on http://{host}:{port}  (OpenAPI at http://{host}:{port}/docs)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.errors import Unauthenticated
 from gateway.pipeline import Pipeline, _obligations
 from policies import Caller, Facts, decide
 from policies.loader import granted_columns, granted_tables
@@ -16,14 +15,8 @@ class Discovery:
 
     def catalogue(self, request_id: str, authorization: str | None) -> dict[str, Any]:
         record: dict[str, Any] = {"event": "catalogue_read", "request_id": request_id}
-        try:
-            caller = self.pipeline.verifier.verify(authorization)
-        except Unauthenticated as err:
-            self.pipeline.audit({**record, "decision": "refused", "error_code": err.code,
-                                 "error": err.message})
-            raise
-        self.pipeline.audit({**record, "subject": caller.sub, "org": caller.org,
-                             "decision": "permitted"})
+        caller = self.pipeline.authenticate(record, authorization)
+        self.pipeline.audit({**record, "decision": "permitted"})
         return {"projects": [self._project(caller, p) for p in caller.projects]}
 
     def _project(self, caller: Caller, project: str) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from audit import EventFilter, search, verify_trail
-from gateway.errors import Forbidden, GatewayError, Unauthenticated
+from gateway.budget import LedgerUnavailable
+from gateway.errors import Forbidden, GatewayError
 from gateway.pipeline import Pipeline
 from policies import Caller
 
@@ -31,16 +32,16 @@ class Governance:
         self.audit_key = audit_key
         self.public_key = checkpoint_public_key
 
+    def _caller(self, record: dict[str, Any], authorization: str | None) -> Caller:
+        """The verified caller, added to ``record``; a bad token is audited, then raised."""
+        caller = self.pipeline.authenticate(record, authorization)
+        record["roles"] = list(caller.roles)
+        return caller
+
     def _access(self, request_id: str, authorization: str | None, action: str,
                 details: dict[str, Any], *, auditor_only: bool) -> Caller:
         record: dict[str, Any] = {"event": action, "request_id": request_id, **details}
-        try:
-            caller = self.pipeline.verifier.verify(authorization)
-        except Unauthenticated as err:
-            self.pipeline.audit({**record, "decision": "refused", "error_code": err.code,
-                                 "error": err.message})
-            raise
-        record.update(subject=caller.sub, org=caller.org, roles=list(caller.roles))
+        caller = self._caller(record, authorization)
         if auditor_only and AUDITOR not in caller.roles:
             err = Forbidden(f"{action.replace('_', ' ')} is for the {AUDITOR} role only",
                             reasons=[{"rule": "role", "message": f"roles {list(caller.roles)}"}],
@@ -92,27 +93,28 @@ class Governance:
         project and one the caller is not a member of, so projects cannot be probed."""
         record: dict[str, Any] = {"event": "budget_read", "request_id": request_id,
                                   "project": project}
-        try:
-            caller = self.pipeline.verifier.verify(authorization)
-        except Unauthenticated as err:
-            self.pipeline.audit({**record, "decision": "refused", "error_code": err.code})
-            raise
-        record.update(subject=caller.sub, org=caller.org, roles=list(caller.roles))
+        caller = self._caller(record, authorization)
         policy = self.pipeline.policies.for_project(project)
         if policy is None or (AUDITOR not in caller.roles and project not in caller.projects):
             err = NotFound(f"no project {project!r} that you may read",
                            hint="your token's projects claim lists your projects")
             self.pipeline.audit({**record, "decision": "refused", "error_code": err.code})
             raise err
-        self.pipeline.audit({**record, "decision": "permitted"})
         output = policy.output
         body: dict[str, Any] = {"project": project, "policy": policy.id, "regime": output.regime}
         if output.regime != "dp":
-            return {**body, "epsilon_total": None, "epsilon_spent": None, "epsilon_left": None,
-                    "note": f"the {output.regime} regime spends no privacy budget"}
-        budget = self.pipeline.ledger.budget(project, output.epsilon_budget,
-                                             output.delta_budget)
-        return {**body, **budget.as_dict(), "epsilon_per_query": output.epsilon_per_query}
+            body.update(epsilon_total=None, epsilon_spent=None, epsilon_left=None,
+                        note=f"the {output.regime} regime spends no privacy budget")
+        else:
+            try:  # read first: the entry must say whether the caller got the figures
+                budget = self.pipeline.ledger.budget(project, output.epsilon_budget,
+                                                     output.delta_budget)
+            except LedgerUnavailable as err:
+                self.pipeline.audit({**record, "decision": "failed", "error_code": err.code})
+                raise
+            body.update(**budget.as_dict(), epsilon_per_query=output.epsilon_per_query)
+        self.pipeline.audit({**record, "decision": "permitted"})
+        return body
 
     def reviews(self, request_id: str, authorization: str | None) -> dict[str, Any]:
         """Outputs held for review, with the controlled table a reviewer must judge."""

@@ -66,8 +66,8 @@ class EngineSlots:
         self.queue_timeout_s = queue_timeout_s
         self.metrics = metrics
 
-    @contextmanager
-    def slot(self):
+    def acquire(self) -> None:
+        """Take a slot, waiting at most queue_timeout_s; Busy (503) if none came free."""
         started = time.perf_counter()
         if not self._sem.acquire(timeout=self.queue_timeout_s):
             self.metrics.busy.inc()
@@ -75,11 +75,18 @@ class EngineSlots:
                        hint="retry shortly")
         self.metrics.queue_wait.observe(time.perf_counter() - started)
         self.metrics.in_engine.inc()
+
+    def release(self) -> None:
+        self.metrics.in_engine.dec()
+        self._sem.release()
+
+    @contextmanager
+    def slot(self):
+        self.acquire()
         try:
             yield
         finally:
-            self.metrics.in_engine.dec()
-            self._sem.release()
+            self.release()
 
 
 class Metrics:

@@ -26,7 +26,7 @@ from sqlglot import exp
 from audit import AuditTrail, AuditWriteError
 from datasets import Catalogue
 from gateway.auth import TokenVerifier
-from gateway.budget import BudgetLedger
+from gateway.budget import BudgetLedger, LedgerUnavailable
 from gateway.disclosure import dp
 from gateway.disclosure.cellkey import SECRET_PARAM, PerturbationTable, apply_cell_key
 from gateway.disclosure.secondary import RowShape, protect, relations
@@ -47,7 +47,7 @@ from gateway.errors import (
     SqlRejected,
     Unauthenticated,
 )
-from gateway.operations import EngineSlots, Metrics, RateLimited, RateLimiter, StageTimer
+from gateway.operations import Busy, EngineSlots, Metrics, RateLimited, RateLimiter, StageTimer
 from gateway.results import ResultStore
 from gateway.settings import Settings
 from gateway.sql.analysis import Analysis, analyse
@@ -246,19 +246,25 @@ class Pipeline:
                 f"needs {mech.epsilon_spent:.6g}", reasons=[figures],
                 hint="ask for a smaller epsilon (the answer will be noisier), or ask the data "
                 "controller about the project's budget")
+        try:
+            self.slots.acquire()
+        except Busy:  # the query never reached the engine: take the spend back
+            self.ledger.cancel(req.request_id)
+            raise
         record["epsilon_spent"] = mech.epsilon_spent
         record["delta_spent"] = mech.delta_spent
         record["dp_fingerprint"] = fingerprint
         try:
-            with self.slots.slot():
+            try:
                 raw = self.engine.execute(plan.sql, timeout_s=self.settings.query_timeout_s,
                                           row_cap=10 * self.settings.row_cap)
+            finally:
+                self.slots.release()
             names = [o.name for o in analysis.outputs]
             released = dp.release(mech, raw.rows, names, [o.kind for o in analysis.outputs],
                                   _constants(analysis))
         except BaseException:
-            self.ledger.settle(project=req.project, fingerprint=fingerprint,
-                               request_id=req.request_id, answer=None)
+            self._settle(req, (fingerprint, mech), None)
             raise
         disclosure = {
             "regime": "dp", "epsilon_spent": mech.epsilon_spent,
@@ -441,10 +447,16 @@ class Pipeline:
 
     def _settle(self, req: QueryRequest, spent: tuple | None,
                 response: dict[str, Any] | None) -> None:
-        """Close a dp spend: keep its answer for identical queries, or mark it failed."""
-        if spent is not None:
+        """Close a dp spend: keep its answer for identical queries, or mark it failed. If the
+        ledger cannot take the outcome, the spend stays counted (marked interrupted at the next
+        start) and the outcome already decided stands."""
+        if spent is None:
+            return
+        try:
             self.ledger.settle(project=req.project, fingerprint=spent[0],
                                request_id=req.request_id, answer=response)
+        except LedgerUnavailable as err:
+            log.error("budget_outcome_not_kept", request_id=req.request_id, error=err.message)
 
     def _keep(self, req: QueryRequest, caller: Caller | None, status: str,
               body: dict[str, Any]) -> None:
@@ -495,6 +507,23 @@ class Pipeline:
         except RateLimited:
             self.metrics.rate_limited.inc()
             raise
+
+    def authenticate(self, record: dict[str, Any], authorization: str | None) -> Caller:
+        """Verify the token for a read endpoint: the subject and org go into ``record``; a bad
+        token (401) or a caller over the rate limit (429) is audited as refused, then raised."""
+        try:
+            caller = self.verifier.verify(authorization)
+        except Unauthenticated as err:
+            self.audit({**record, "decision": "refused", "error_code": err.code,
+                        "error": err.message})
+            raise
+        record.update(subject=caller.sub, org=caller.org)
+        try:  # reads count against the same per-subject limit as queries
+            self._limit(caller)
+        except RateLimited as err:
+            self.audit({**record, "decision": "refused", "error_code": err.code})
+            raise
+        return caller
 
     def audit(self, record: dict[str, Any]) -> dict[str, Any]:
         """Write one entry durably, or raise AuditUnavailable: the caller releases nothing."""

@@ -58,6 +58,8 @@ class DpMechanisms:
     public_keys: bool
     threshold: Measurement | None
     per_statistic: dict[int, list[Measurement]] = field(default_factory=dict)
+    #: the noisy threshold's number of people, when keys come from the data
+    threshold_value: int = 0
 
     @property
     def epsilon_spent(self) -> float:
@@ -82,8 +84,6 @@ class DpMechanisms:
                                 self.threshold.scale, "epsilon": self.threshold.epsilon,
                                 "delta": self.threshold.delta}
         return out
-
-    threshold_value: int = 0
 
 
 def build(plan: DpPlan, epsilon: float, delta: float) -> DpMechanisms:

@@ -212,3 +212,30 @@ def test_a_person_with_500_events_moves_the_exact_aggregates_by_at_most_the_boun
         f"SELECT count(*) FROM '{data_dir}/gp_events.parquet' WHERE snomed_code = '44054006'"
     ).fetchone()[0]
     assert plain == 500
+
+
+def test_a_broken_ledger_fails_closed_with_a_503_spending_and_releasing_nothing(
+        data_dir, tmp_path):
+    """The ledger file really broken under a running server (overwritten with junk): queries
+    and budget reads get 503 in the error shape, audited, and no row leaves."""
+    state = tmp_path / "state"
+    server = LiveServer(make_settings(data_dir, state))
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            (state / f"budget.sqlite{suffix}").unlink(missing_ok=True)
+        (state / "budget.sqlite").write_bytes(b"this is not a database" * 100)
+        resp = server.query("r.smith", BY_LA, PROJECT, PURPOSE)
+        assert resp.status_code == 503, resp.text
+        err = resp.json()["error"]
+        assert err["code"] == "budget_unavailable" and "rows" not in resp.json()
+        entry = server.entry_for(resp)
+        assert entry["decision"] == "failed" and "rows_released" not in entry
+        read = budget(server)
+        assert read.status_code == 503
+        assert server.entry_for(read)["decision"] == "failed"
+        # a threshold project does not depend on the ledger and keeps working
+        ok = server.query("p.jones", "SELECT p.sex, COUNT(*) AS n FROM patients p GROUP BY p.sex",
+                          "JOINT-PLANNING", "planning")
+        assert ok.status_code == 200
+    finally:
+        server.stop()

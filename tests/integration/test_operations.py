@@ -33,6 +33,11 @@ def test_a_subject_over_its_rate_gets_429_with_retry_after_and_others_do_not(liv
     assert 1 <= int(limited.headers["retry-after"]) <= 2
     assert live.entry_for(limited)["error_code"] == "rate_limited"
     assert live.query("m.brown", COUNT_BY_SEX, *PLANNING).status_code == 200  # not shared
+    # reads count against the same limit: the catalogue refuses s.patel too, and says so
+    read = live.client.get("/v1/catalogue",
+                           headers={"Authorization": f"Bearer {live.token('s.patel')}"})
+    assert read.status_code == 429 and read.json()["error"]["code"] == "rate_limited"
+    assert live.entry_for(read)["error_code"] == "rate_limited"
 
 
 def test_no_free_engine_slot_is_a_503_and_nothing_runs(live):
@@ -59,6 +64,34 @@ def test_no_free_engine_slot_is_a_503_and_nothing_runs(live):
     assert live.query("p.jones", COUNT_BY_SEX, *PLANNING).status_code == 200
 
 
+def test_a_dp_query_that_gets_no_slot_spends_nothing(live):
+    """The budget is taken before the query runs; if it never reaches the engine, it is
+    given back: nothing was computed from the data."""
+    auth = {"Authorization": f"Bearer {live.token('a.khan')}"}
+    before = live.client.get("/v1/projects/PRJ-0042/budget", headers=auth).json()
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with live.app.state.pipeline.slots.slot():
+            taken.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    taken.wait(5)
+    try:
+        busy = live.query("a.khan", "SELECT p.ethnicity, COUNT(DISTINCT p.person_id) AS n "
+                          "FROM patients p GROUP BY p.ethnicity", "PRJ-0042", "research")
+    finally:
+        release.set()
+        holder.join()
+    assert busy.status_code == 503 and busy.json()["error"]["code"] == "engine_busy"
+    assert "epsilon_spent" not in live.entry_for(busy)
+    after = live.client.get("/v1/projects/PRJ-0042/budget", headers=auth).json()
+    assert after["epsilon_spent"] == before["epsilon_spent"]
+    assert after["queries_charged"] == before["queries_charged"]
+
+
 def metric(text: str, name: str, **labels) -> float:
     for line in text.splitlines():
         if line.startswith("#") or not line.startswith(name):
@@ -72,10 +105,14 @@ def metric(text: str, name: str, **labels) -> float:
 
 def test_metrics_count_requests_stages_suppression_budget_and_audit_writes(live):
     before = live.client.get("/metrics").text
-    assert live.query("a.khan", COUNT_BY_SEX, "PRJ-0042", "research").status_code == 200
-    small = ("SELECT p.lsoa_code, COUNT(DISTINCT p.person_id) AS people FROM patients p "
-             "GROUP BY p.lsoa_code")
-    assert live.query("m.brown", small, *PLANNING).status_code == 200
+    assert live.query("r.smith", COUNT_BY_SEX, "PRJ-0042", "research").status_code == 200
+    # people over 100 by area and sex: small cells beside releasable ones
+    small = ("SELECT p.lsoa_code, COUNT(DISTINCT p.person_id) AS people, COUNT(*) FILTER "
+             "(WHERE p.year_of_birth < 1930) AS oldest FROM patients p GROUP BY p.lsoa_code")
+    resp = live.query("m.brown", small, *PLANNING)
+    assert resp.status_code == 200
+    suppressed = len(resp.json()["disclosure"]["suppressed"])
+    assert suppressed > 0, "the query is meant to suppress cells"
     resp = live.client.get("/metrics")
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
     text = resp.text
@@ -85,7 +122,8 @@ def test_metrics_count_requests_stages_suppression_budget_and_audit_writes(live)
     for stage in ("authenticate", "analyse", "decide", "execute", "control", "dp", "audit"):
         assert metric(text, "sde_pipeline_stage_seconds_count", stage=stage) >= 1, stage
     assert metric(text, "sde_epsilon_spent_total", project="PRJ-0042") >= 1.0
-    assert metric(text, "sde_cells_suppressed_total", regime="threshold") >= 0
+    assert metric(text, "sde_cells_suppressed_total", regime="threshold") == \
+        metric(before, "sde_cells_suppressed_total", regime="threshold") + suppressed
     assert metric(text, "sde_audit_write_seconds_count") > \
         metric(before, "sde_audit_write_seconds_count")
     assert "SELECT" not in text and "patients" not in text  # counts and timings, no SQL
