@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 import structlog.testing
@@ -40,9 +41,9 @@ def test_a_subject_over_its_rate_gets_429_with_retry_after_and_others_do_not(liv
     assert live.entry_for(read)["error_code"] == "rate_limited"
 
 
-def test_no_free_engine_slot_is_a_503_and_nothing_runs(live):
-    """The app's own slot is taken (for real, by another thread), so the query must wait;
-    past the queue timeout it is refused, audited, and the next query runs."""
+@contextmanager
+def only_slot_taken(live: LiveServer):
+    """The app's one engine slot held, for real, by another thread for the duration."""
     taken, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -54,10 +55,17 @@ def test_no_free_engine_slot_is_a_503_and_nothing_runs(live):
     holder.start()
     taken.wait(5)
     try:
-        busy = live.query("p.jones", COUNT_BY_SEX, *PLANNING)
+        yield
     finally:
         release.set()
         holder.join()
+
+
+def test_no_free_engine_slot_is_a_503_and_nothing_runs(live):
+    """The app's own slot is taken (for real, by another thread), so the query must wait;
+    past the queue timeout it is refused, audited, and the next query runs."""
+    with only_slot_taken(live):
+        busy = live.query("p.jones", COUNT_BY_SEX, *PLANNING)
     assert busy.status_code == 503 and busy.json()["error"]["code"] == "engine_busy"
     entry = live.entry_for(busy)
     assert entry["decision"] == "failed" and "rows_released" not in entry
@@ -69,22 +77,9 @@ def test_a_dp_query_that_gets_no_slot_spends_nothing(live):
     given back: nothing was computed from the data."""
     auth = {"Authorization": f"Bearer {live.token('a.khan')}"}
     before = live.client.get("/v1/projects/PRJ-0042/budget", headers=auth).json()
-    taken, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with live.app.state.pipeline.slots.slot():
-            taken.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    taken.wait(5)
-    try:
+    with only_slot_taken(live):
         busy = live.query("a.khan", "SELECT p.ethnicity, COUNT(DISTINCT p.person_id) AS n "
                           "FROM patients p GROUP BY p.ethnicity", "PRJ-0042", "research")
-    finally:
-        release.set()
-        holder.join()
     assert busy.status_code == 503 and busy.json()["error"]["code"] == "engine_busy"
     assert "epsilon_spent" not in live.entry_for(busy)
     after = live.client.get("/v1/projects/PRJ-0042/budget", headers=auth).json()
