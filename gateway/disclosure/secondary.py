@@ -46,12 +46,18 @@ def relations(shapes: Sequence[RowShape]) -> list[Relation]:
             children = [
                 s for s, ss in enumerate(shapes)
                 if s != p and ss.family == ps.family and ss.rolled == below
-                and all(ss.keys[j] == ps.keys[j] for j in range(len(ps.keys))
+                and all(_same(ss.keys[j], ps.keys[j]) for j in range(len(ps.keys))
                         if j not in ps.rolled)
             ]
             if children:
                 out.append((p, children))
     return out
+
+
+def _same(a, b) -> bool:
+    """Equal as the engine groups them: NaN is one group there, but not equal to itself in
+    Python, which would cut a margin off from its NaN details."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
 
 
 def protect(values: Sequence[float | None], suppressed: set[int],

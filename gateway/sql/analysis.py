@@ -64,10 +64,11 @@ ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset({
 })
 MARGINS = (exp.Rollup, exp.Cube, exp.GroupingSets)
 _T = exp.DataType.Type
-#: Types a CAST may produce: the ones the released table can carry as plain JSON.
+#: Types a CAST may produce: the ones the released table can carry as plain JSON. (sqlglot
+#: reads DuckDB's TIMESTAMP as TIMESTAMPNTZ; a time zone is not among them.)
 CAST_TYPES = frozenset({_T.INT, _T.BIGINT, _T.SMALLINT, _T.TINYINT, _T.DOUBLE, _T.FLOAT,
                         _T.DECIMAL, _T.VARCHAR, _T.TEXT, _T.CHAR, _T.DATE, _T.TIMESTAMP,
-                        _T.BOOLEAN})
+                        _T.TIMESTAMPNTZ, _T.BOOLEAN})
 #: Functions sqlglot leaves as Anonymous that are allowed, by lower-case name.
 ALLOWED_ANONYMOUS = frozenset({"date_part", "datepart"})
 
@@ -966,7 +967,7 @@ def _check_measure_rows_once(tree: exp.Select, scope: Scope, catalogue: Catalogu
                     measures.add(agg.this.table)
     if not measures:
         return
-    for alias, source in scope.sources.items():
+    for alias, (_, source) in scope.selected_sources.items():
         if alias in measures or _one_per_person(source, catalogue):
             continue
         raise SqlRejected(
@@ -988,8 +989,9 @@ def _one_per_person(source, catalogue: Catalogue) -> bool:
                for k in keys) and not any(isinstance(k, exp.Column) and not
                                           is_person_key(k, source, catalogue) for k in keys):
             return not select.args.get("group").find(*MARGINS)
-        if not select.args.get("group") and len(source.sources) == 1:
-            return _one_per_person(next(iter(source.sources.values())), catalogue) and \
+        if not select.args.get("group") and len(source.selected_sources) == 1:
+            ((_, only),) = source.selected_sources.values()
+            return _one_per_person(only, catalogue) and \
                 not select.find(exp.Join)
     return False
 

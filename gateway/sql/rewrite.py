@@ -224,7 +224,8 @@ def _contributions(
 def _row_person(scope: Scope, catalogue: Catalogue) -> exp.Expression:
     """An expression naming the person each row of the outer query belongs to."""
     candidates: list[exp.Column] = []
-    for alias, source in scope.sources.items():
+    # selected_sources: what FROM and JOIN read (scope.sources also holds CTEs not read here)
+    for alias, (_, source) in scope.selected_sources.items():
         if isinstance(source, exp.Table):
             table = catalogue.table(source.name)
             if table is not None and table.kind is TableKind.PERSON_LEVEL:
@@ -252,7 +253,7 @@ def _one_row_per_person(scope: Scope, catalogue: Catalogue) -> bool:
     a table with one row per person (checked when the engine loads it), and everything else it
     reads is reference tables, which match at most once (joined on their key)."""
     people = 0
-    for source in scope.sources.values():
+    for _, source in scope.selected_sources.values():
         if not isinstance(source, exp.Table):
             return False
         table = catalogue.table(source.name)

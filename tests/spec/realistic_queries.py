@@ -210,4 +210,13 @@ REALISTIC: list[tuple[str, int, str]] = [
      "SELECT p.sex, COUNT(DISTINCT d.person_id) AS deaths FROM deaths d JOIN patients p "
      "ON p.person_id = d.person_id JOIN gp_events e ON e.person_id = d.person_id "
      f"WHERE e.snomed_code = {DIABETES} GROUP BY p.sex"),
+    # -- written as analysts write them -----------------------------------------------------
+    ("diabetics by sex through a CTE read only in WHERE", 1,
+     f"WITH diabetics AS (SELECT e.person_id FROM gp_events e WHERE e.snomed_code = {DIABETES}) "
+     "SELECT p.sex, COUNT(*) AS people FROM patients p "
+     "WHERE p.person_id IN (SELECT person_id FROM diabetics) GROUP BY p.sex"),
+    ("emergency admissions by month as timestamps", 1,
+     "SELECT date_trunc('month', CAST(h.admission_date AS TIMESTAMP)) AS month, "
+     "COUNT(*) AS admissions FROM hospital_admissions h WHERE h.admission_method = 'emergency' "
+     "AND h.admission_date >= DATE '2025-01-01' GROUP BY month"),
 ]

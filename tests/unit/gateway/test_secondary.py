@@ -81,3 +81,16 @@ def test_a_lone_small_cell_beside_its_total_takes_a_partner():
 def test_families_that_aggregate_different_rows_are_not_related():
     shapes = [RowShape(0, frozenset(), ("x",)), RowShape(1, frozenset({0}), (None,))]
     assert relations(shapes) == []
+
+
+def test_a_nan_key_still_relates_a_subtotal_to_its_details():
+    """The engine groups NaN with NaN; Python's NaN is not equal to itself. A two-key ROLLUP
+    whose first key is NaN must still tie the NaN subtotal to its NaN details (round 12)."""
+    nan = float("nan")
+    cells = [((nan, "a"), 3), ((nan, "b"), 40), ((nan, "c"), 25), ((nan, None), 68),
+             ((1.0, "a"), 50), ((1.0, None), 50), ((None, None), 118)]
+    shapes = [RowShape(0, frozenset(j for j in (0, 1) if k[j] is None), k) for k, _ in cells]
+    rels = relations(shapes)
+    assert (3, [0, 1, 2]) in rels
+    extra = protect([v for _, v in cells], {0}, rels)
+    assert 2 in extra  # the NaN subtotal would otherwise give the 3 away
