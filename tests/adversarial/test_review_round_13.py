@@ -107,3 +107,34 @@ def test_count_distinct_of_constant_pads_does_not_defeat_cell_keys(server, raw):
     mean = sum(released) / len(released) if released else None
     assert candidates != [truth] and (mean is None or round(mean) != truth), (
         f"a group of {truth} people is pinned by {released} (mean {mean})")
+
+
+def test_a_key_of_a_left_joined_person_table_is_not_one_cell_per_person(server, raw):
+    """dp: a key computed only from patients columns is taken to put each person in one cell
+    (cells_per_person 1, no cap on cells). LEFT JOIN patients ... ON person_id AND <a condition
+    on the event row> gives the key on some of a person's rows and NULL (here '-') on others,
+    one join per year: one person sits in up to ten cells and moves the bounded count of
+    events by several times what the noise is calibrated to."""
+    years = range(2016, 2027)
+    keys = ", ".join(f"COALESCE(p{i}.sex, '-') AS k{i}" for i in range(len(years)))
+    joins = " ".join(f"LEFT JOIN patients p{i} ON p{i}.person_id = e.person_id AND "
+                     f"YEAR(e.event_date) = {y}" for i, y in enumerate(years))
+    sql = f"SELECT {keys}, COUNT(*) AS events FROM gp_events e {joins} GROUP BY ALL"
+    resp = server.client.post("/v1/queries/explain", headers={
+        "Authorization": f"Bearer {server.token('r.smith')}"},
+        json={"sql": sql, "project": "PRJ-0042", "purpose": "research"})
+    if resp.status_code != 200 or resp.json()["decision"] != "permit":
+        return  # refused
+    explained = resp.json()
+    cells = explained["dp"]["cells_per_person"]
+    rows = explained["output"]["max_rows_per_cell"]
+    bounded = explained["executed_sql"]
+    # the (cell, person) parts the bounded aggregates add up: one row per cell a person is in
+    parts = bounded[bounded.index(" FROM (") + len(" FROM ("):bounded.rindex(") AS __pp")]
+    count = f"__a{len(years)}_0"
+    most_cells, most_moved = raw.execute(
+        f"SELECT MAX(c), MAX(s) FROM (SELECT __pid, COUNT(*) AS c, SUM({count}) AS s "
+        f"FROM ({parts}) GROUP BY __pid)").fetchone()
+    assert most_cells <= cells and most_moved <= cells * rows, (
+        f"one person is in {most_cells} cells and moves the count by {most_moved}; the noise "
+        f"assumes {cells} cell(s) of at most {rows}")
