@@ -1,0 +1,140 @@
+"""The breaks of review round 13, kept as tests (docs/security.md lists every round).
+
+Each test finds a small group in the test data with raw DuckDB, asks the gateway one query,
+and checks that the released figures do not pin the group's exact size. A fix may refuse the
+query, suppress the cells, or count the people behind them properly: each passes.
+"""
+
+from __future__ import annotations
+
+from tests.conftest import TODAY
+
+PLANNER = ("p.jones", "JOINT-PLANNING", "planning")
+NORFOLK = "E10000020"
+
+
+def _norfolk_residents(raw) -> str:
+    """The Norfolk planner's people, by hand: residents, not opted out."""
+    return (f"SELECT * FROM patients WHERE local_authority_code = '{NORFOLK}' AND person_id "
+            "NOT IN (SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
+
+
+def _consented(raw) -> str:
+    """The FRAILTY-2025 cohort as of the tests' today, by hand."""
+    return ("SELECT * FROM patients WHERE person_id IN (SELECT person_id FROM study_consents "
+            f"WHERE study_id = 'FRAILTY-2025' AND consented_on <= DATE '{TODAY}' AND "
+            f"(withdrawn_on IS NULL OR withdrawn_on > DATE '{TODAY}'))")
+
+
+def _small_group(raw, people_sql: str, below: int) -> tuple[str, int]:
+    """A (year of birth, sex, ethnicity) group of 1 to below-1 people among ``people_sql``:
+    its condition on alias p, and its true size."""
+    yob, sex, eth, n = raw.execute(
+        f"SELECT year_of_birth, sex, ethnicity, COUNT(*) AS n FROM ({people_sql}) GROUP BY ALL "
+        f"HAVING COUNT(*) BETWEEN 1 AND {below - 1} ORDER BY n DESC, 1, 2, 3 LIMIT 1"
+    ).fetchone()
+    return f"p.year_of_birth = {yob} AND p.sex = '{sex}' AND p.ethnicity = '{eth}'", n
+
+
+def _candidates_rounded(values: list, pads: list[int], base: int, below: int) -> list[int]:
+    """The group sizes 0..below-1 consistent with released cells round(t + pad) (None: any)."""
+    def rounded(x: int) -> int:
+        return base * ((2 * x + base) // (2 * base))
+    return [t for t in range(below)
+            if all(v is None or v == rounded(t + k) for v, k in zip(values, pads, strict=True))]
+
+
+def test_a_right_joined_lookup_does_not_pad_a_count_of_people(server, raw):
+    """COUNT(*) over patients alone counts people, so the gateway takes the count itself as the
+    people behind the cell. RIGHT JOIN lsoa_lookup adds one row per area with no resident in it:
+    a FILTER choosing a small group OR k empty areas counts t + k rows, 'rests on' t + k people
+    and is released rounded; k = 8..12 in one query gives t exactly."""
+    target, truth = _small_group(raw, _norfolk_residents(raw), 8)
+    assert 1 <= truth <= 7
+    empty = [r[0] for r in raw.execute(
+        f"SELECT lsoa_code FROM lsoa_lookup WHERE local_authority_code <> '{NORFOLK}' "
+        "ORDER BY lsoa_code LIMIT 12").fetchall()]
+    pads = list(range(8, 13))
+    cols = ", ".join(
+        f"COUNT(*) FILTER (WHERE ({target}) OR l.lsoa_code IN "
+        f"({', '.join(repr(c) for c in empty[:k])})) AS pad{k}" for k in pads)
+    sql = f"SELECT {cols} FROM patients p RIGHT JOIN lsoa_lookup l ON l.lsoa_code = p.lsoa_code"
+    resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
+    if resp.status_code != 200:
+        return  # refusing is as good as suppressing
+    values = server.released(resp, "p.jones")["rows"][0]
+    assert _candidates_rounded(values, pads, 5, 8) != [truth], (
+        f"a group of {truth} people is pinned exactly by {values}")
+
+
+def test_count_distinct_of_constant_pads_does_not_count_people(server, raw):
+    """COUNT(DISTINCT CASE WHEN <small group> THEN person_id ELSE <one of k constants> END):
+    the people behind it are everyone (the argument is never NULL), its value is t + k. Five
+    such columns (k = 8..12) undo the rounding: the small group's exact size."""
+    target, truth = _small_group(raw, _norfolk_residents(raw), 8)
+    assert 1 <= truth <= 7
+    pads = list(range(8, 13))
+    cols = ", ".join(
+        f"COUNT(DISTINCT CASE WHEN {target} THEN p.person_id "
+        f"ELSE -1 - (p.year_of_birth % {k}) END) AS pad{k}" for k in pads)
+    resp = server.query(*PLANNER[:1], f"SELECT {cols} FROM patients p", *PLANNER[1:])
+    if resp.status_code != 200:
+        return
+    values = server.released(resp, "p.jones")["rows"][0]
+    assert _candidates_rounded(values, pads, 5, 8) != [truth], (
+        f"a group of {truth} people is pinned exactly by {values}")
+
+
+def test_count_distinct_of_constant_pads_does_not_defeat_cell_keys(server, raw):
+    """The same pads under cell_key: each column has a different value, so a different draw
+    from the one cell key, so released - k is t plus eighty independent zero-mean
+    perturbations: their mean is t to within about 0.1 (and their range, once it spans the
+    table's -2..2, pins t outright), for a group the regime suppresses (under 10 people)."""
+    target, truth = _small_group(raw, _consented(raw), 10)
+    assert 1 <= truth <= 9
+    pads = list(range(8, 88))
+    day = "DATE_DIFF('day', DATE '1900-01-01', p.registration_date)"
+    cols = ", ".join(
+        f"COUNT(DISTINCT CASE WHEN {target} THEN p.person_id "
+        f"ELSE -1 - ((p.year_of_birth * 400 + {day}) % {k}) END) AS pad{k}" for k in pads)
+    resp = server.query("r.smith", f"SELECT {cols} FROM patients p", "PRJ-0077", "research")
+    if resp.status_code != 200:
+        return
+    values = server.released(resp, "r.smith")["rows"][0]
+    candidates = [t for t in range(10) if all(
+        v is None or abs(v - k - t) <= 2 for v, k in zip(values, pads, strict=True))]
+    released = [v - k for v, k in zip(values, pads, strict=True) if v is not None]
+    mean = sum(released) / len(released) if released else None
+    assert candidates != [truth] and (mean is None or round(mean) != truth), (
+        f"a group of {truth} people is pinned by {released} (mean {mean})")
+
+
+def test_a_key_of_a_left_joined_person_table_is_not_one_cell_per_person(server, raw):
+    """dp: a key computed only from patients columns is taken to put each person in one cell
+    (cells_per_person 1, no cap on cells). LEFT JOIN patients ... ON person_id AND <a condition
+    on the event row> gives the key on some of a person's rows and NULL (here '-') on others,
+    one join per year: one person sits in up to ten cells and moves the bounded count of
+    events by several times what the noise is calibrated to."""
+    years = range(2016, 2027)
+    keys = ", ".join(f"COALESCE(p{i}.sex, '-') AS k{i}" for i in range(len(years)))
+    joins = " ".join(f"LEFT JOIN patients p{i} ON p{i}.person_id = e.person_id AND "
+                     f"YEAR(e.event_date) = {y}" for i, y in enumerate(years))
+    sql = f"SELECT {keys}, COUNT(*) AS events FROM gp_events e {joins} GROUP BY ALL"
+    resp = server.client.post("/v1/queries/explain", headers={
+        "Authorization": f"Bearer {server.token('r.smith')}"},
+        json={"sql": sql, "project": "PRJ-0042", "purpose": "research"})
+    if resp.status_code != 200 or resp.json()["decision"] != "permit":
+        return  # refused
+    explained = resp.json()
+    cells = explained["dp"]["cells_per_person"]
+    rows = explained["output"]["max_rows_per_cell"]
+    bounded = explained["executed_sql"]
+    # the (cell, person) parts the bounded aggregates add up: one row per cell a person is in
+    parts = bounded[bounded.index(" FROM (") + len(" FROM ("):bounded.rindex(") AS __pp")]
+    count = f"__a{len(years)}_0"
+    most_cells, most_moved = raw.execute(
+        f"SELECT MAX(c), MAX(s) FROM (SELECT __pid, COUNT(*) AS c, SUM({count}) AS s "
+        f"FROM ({parts}) GROUP BY __pid)").fetchone()
+    assert most_cells <= cells and most_moved <= cells * rows, (
+        f"one person is in {most_cells} cells and moves the count by {most_moved}; the noise "
+        f"assumes {cells} cell(s) of at most {rows}")
