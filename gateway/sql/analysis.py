@@ -661,6 +661,30 @@ def bare_origin(col: exp.Column, scope: Scope, catalogue: Catalogue):
     return None
 
 
+def padded_sources(select: exp.Select, scope: Scope, catalogue: Catalogue, *,
+                   by_person: bool = False) -> set[str]:
+    """The aliases an outer join may fill with NULLs on some rows. With ``by_person``, a join
+    on a bare person-key equality does not count: it matches all of a person's rows or none,
+    so a column of that source still takes one value (or NULL) per person."""
+    from_ = select.args.get("from_") or select.args.get("from")
+    seen = [from_.this.alias_or_name] if from_ is not None else []
+    padded: set[str] = set()
+    for join in select.args.get("joins") or []:
+        side = (join.args.get("side") or "").upper()
+        name = join.this.alias_or_name
+        on = join.args.get("on")
+        keyed = (by_person and isinstance(on, exp.EQ)
+                 and all(isinstance(c, exp.Column) and is_person_key(c, scope, catalogue)
+                         for c in (on.this, on.expression)))
+        if not keyed:
+            if side in ("LEFT", "FULL"):
+                padded.add(name)
+            if side in ("RIGHT", "FULL"):
+                padded.update(seen)
+        seen.append(name)
+    return padded
+
+
 def is_person_key(col: exp.Column, scope: Scope, catalogue: Catalogue) -> bool:
     """Whether a column is a person key, directly or as a derived table's copy of one."""
     origin = bare_origin(col, scope, catalogue)
@@ -703,12 +727,14 @@ def _check_person_key_use(col: exp.Column, scope: Scope, outers: list[exp.Select
             return  # a join or correlation on people
     if isinstance(parent, exp.Count):
         return
-    if isinstance(parent, exp.Distinct) and isinstance(parent.parent, exp.Count):
+    if (isinstance(parent, exp.Distinct) and isinstance(parent.parent, exp.Count)
+            and len(parent.expressions) == 1):
         return
     if (isinstance(parent, exp.If) and parent.args.get("true") is col
             and isinstance(parent.parent, exp.Case)
             and isinstance(parent.parent.parent, exp.Distinct)
-            and isinstance(parent.parent.parent.parent, exp.Count)):
+            and isinstance(parent.parent.parent.parent, exp.Count)
+            and _people_or_null(parent.parent, scopes, catalogue)):
         return  # COUNT(DISTINCT CASE WHEN ... THEN person_id END)
     if (isinstance(parent, exp.In) and parent.this is col and parent.args.get("query")
             and _projects_person_key(parent.args["query"], scopes, catalogue)):
@@ -727,6 +753,24 @@ def _check_person_key_use(col: exp.Column, scope: Scope, outers: list[exp.Select
         f"(found in {_clause(col)})",
         hint="use it in JOIN ... ON, COUNT(DISTINCT person_id), or a per-person subquery",
     )
+
+
+def _people_or_null(case: exp.Case, scopes: dict[int, Scope], catalogue: Catalogue) -> bool:
+    """Whether every result of a CASE is the person key or NULL: then COUNT(DISTINCT) of it
+    counts people. Any other value (ELSE -1) is counted beside them, and k such constants
+    would pad a small group's count past the threshold by a known k."""
+    results = [i.args.get("true") for i in case.args.get("ifs") or []]
+    default = case.args.get("default")
+    if default is not None:
+        results.append(default)
+    for r in results:
+        while isinstance(r, exp.Paren):
+            r = r.this
+        if isinstance(r, exp.Null):
+            continue
+        if not (isinstance(r, exp.Column) and _column_is_person_key(r, scopes, catalogue)):
+            return False
+    return True
 
 
 def _is_source_select(select: exp.Select) -> bool:
@@ -1064,6 +1108,36 @@ def _is_indicator(node: exp.Expression) -> bool:
     return False
 
 
+def _check_distinct_count(agg: exp.Expression, scope: Scope, catalogue: Catalogue) -> None:
+    """On the outer query COUNT(DISTINCT ...) counts people: of the person key, or of a CASE
+    giving the person key or NULL. A count of distinct other values is not a count of the
+    people behind the cell: a value held by one person of a small group counts as much as a
+    value held by thousands, and constants padding the count by a known k (ELSE -1, or
+    FILTER (WHERE <small group> OR <k known values>)) give the small group's size through
+    the rounding."""
+    if not (isinstance(agg, exp.Count) and isinstance(agg.this, exp.Distinct)):
+        return
+    args = agg.this.expressions
+    arg = args[0] if len(args) == 1 else None
+    while isinstance(arg, exp.Paren):
+        arg = arg.this
+    if isinstance(arg, exp.Column) and is_person_key(arg, scope, catalogue):
+        return
+    if isinstance(arg, exp.Case):
+        results = [i.args.get("true") for i in arg.args.get("ifs") or []]
+        results += [arg.args["default"]] if arg.args.get("default") is not None else []
+        people = [r for r in results if not isinstance(r, exp.Null)]
+        if people and all(isinstance(r, exp.Column) and is_person_key(r, scope, catalogue)
+                          for r in people):
+            return
+    raise SqlRejected(
+        f"{agg.sql(dialect=DIALECT)[:80]} on the outer query counts something other than "
+        "people",
+        hint="on the outer query COUNT(DISTINCT person_id) counts people (a CASE may give "
+        "person_id or NULL); to count distinct codes, group by the code and count the "
+        "released rows, or count codes per person in a subquery grouped by person_id")
+
+
 def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
                  ) -> tuple[OutputColumn, ...]:
     """The released table must be aggregate: each column an aggregate or a group key.
@@ -1114,6 +1188,8 @@ def _check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
                 f"output column {name!r} is neither an aggregate nor a group key",
                 hint="every output column must be COUNT/SUM/AVG(...) or appear in GROUP BY",
             )
+        for agg in aggs:
+            _check_distinct_count(agg, scope, catalogue)
         any_agg = True
         shape = _shape(inner, scope, catalogue)
         core = inner.this if isinstance(inner, exp.Filter) else inner

@@ -27,7 +27,14 @@ from sqlglot.optimizer.scope import traverse_scope
 
 from datasets import Catalogue, ColumnClass, TableKind
 from gateway.errors import SqlRejected
-from gateway.sql.analysis import DIALECT, Analysis, _is_indicator, bare_origin, is_person_key
+from gateway.sql.analysis import (
+    DIALECT,
+    Analysis,
+    _is_indicator,
+    bare_origin,
+    is_person_key,
+    padded_sources,
+)
 from gateway.sql.rewrite import _filter_scans, _row_person, _safe_casts
 from policies import Obligations
 
@@ -193,7 +200,12 @@ def _person_grain(key: exp.Expression, scope, catalogue: Catalogue) -> bool:
     one row per person, read directly (the rows of a query all belong to one person)."""
     if key.find(exp.Subquery, exp.Select, exp.AggFunc, exp.Window):
         return False
+    # An outer join on more than the person key (LEFT JOIN patients p ON ... AND <a condition
+    # on the event row>) leaves the key NULL on some of a person's rows: two cells or more.
+    padded = padded_sources(scope.expression, scope, catalogue, by_person=True)
     for col in key.find_all(exp.Column):
+        if col.table in padded:
+            return False
         source = scope.sources.get(col.table)
         if not isinstance(source, exp.Table):
             return False

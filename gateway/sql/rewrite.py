@@ -21,7 +21,14 @@ from datasets import Catalogue, TableKind
 from datasets.catalogue import NEVER_QUERYABLE
 from gateway.disclosure.cellkey import SECRET_PARAM
 from gateway.errors import SqlRejected
-from gateway.sql.analysis import DIALECT, Analysis, OutputColumn, is_person_key, outer_selects
+from gateway.sql.analysis import (
+    DIALECT,
+    Analysis,
+    OutputColumn,
+    is_person_key,
+    outer_selects,
+    padded_sources,
+)
 from policies import ConsentCohort, Obligations, ResidenceFilter
 
 HIDDEN_PREFIX = "__sdc_people_"
@@ -253,14 +260,17 @@ def _one_row_per_person(scope: Scope, catalogue: Catalogue) -> bool:
     a table with one row per person (checked when the engine loads it), and everything else it
     reads is reference tables, which match at most once (joined on their key)."""
     people = 0
-    for _, source in scope.selected_sources.values():
+    # A person-level table an outer join pads with NULLs has rows with no one behind them
+    # (RIGHT JOIN lsoa_lookup: an area with no resident is still a row).
+    padded = padded_sources(scope.expression, scope, catalogue)
+    for alias, (_, source) in scope.selected_sources.items():
         if not isinstance(source, exp.Table):
             return False
         table = catalogue.table(source.name)
         if table is None:
             return False
         if table.kind is TableKind.PERSON_LEVEL:
-            if table.grain != "person":
+            if table.grain != "person" or alias in padded:
                 return False
             people += 1
         elif table.kind is not TableKind.REFERENCE:

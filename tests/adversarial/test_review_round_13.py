@@ -7,7 +7,8 @@ query, suppress the cells, or count the people behind them properly: each passes
 
 from __future__ import annotations
 
-from tests.conftest import TODAY
+import pytest
+from conftest import TODAY
 
 PLANNER = ("p.jones", "JOINT-PLANNING", "planning")
 NORFOLK = "E10000020"
@@ -138,3 +139,68 @@ def test_a_key_of_a_left_joined_person_table_is_not_one_cell_per_person(server, 
     assert most_cells <= cells and most_moved <= cells * rows, (
         f"one person is in {most_cells} cells and moves the count by {most_moved}; the noise "
         f"assumes {cells} cell(s) of at most {rows}")
+
+
+# -- the neighbours of the four breaks, closed by the same fixes ----------------------------
+
+def test_every_outer_join_that_pads_people_counts_people_not_rows(server, raw):
+    """FULL JOIN, and a lookup LEFT JOINed to people, pad as RIGHT JOIN does."""
+    target, truth = _small_group(raw, _norfolk_residents(raw), 8)
+    empty = [r[0] for r in raw.execute(
+        f"SELECT lsoa_code FROM lsoa_lookup WHERE local_authority_code <> '{NORFOLK}' "
+        "ORDER BY lsoa_code LIMIT 12").fetchall()]
+    pads = list(range(8, 13))
+    cols = ", ".join(
+        f"COUNT(*) FILTER (WHERE ({target}) OR l.lsoa_code IN "
+        f"({', '.join(repr(c) for c in empty[:k])})) AS pad{k}" for k in pads)
+    for source in ("patients p FULL JOIN lsoa_lookup l ON l.lsoa_code = p.lsoa_code",
+                   "lsoa_lookup l LEFT JOIN patients p ON l.lsoa_code = p.lsoa_code"):
+        resp = server.query(*PLANNER[:1], f"SELECT {cols} FROM {source}", *PLANNER[1:])
+        if resp.status_code != 200:
+            continue
+        values = server.released(resp, "p.jones")["rows"][0]
+        assert _candidates_rounded(values, pads, 5, 8) != [truth], (source, values)
+
+
+@pytest.mark.parametrize("column", [
+    "COUNT(DISTINCT p.practice_code)",
+    "COUNT(DISTINCT p.year_of_birth * 100000 + DAYOFYEAR(p.registration_date))",
+    "COUNT(DISTINCT CASE WHEN p.sex = 'F' THEN p.person_id ELSE -1 END)",
+    "COUNT(DISTINCT CASE WHEN p.sex = 'F' THEN p.person_id WHEN p.sex = 'M' THEN 0 END)",
+    "COUNT(DISTINCT COALESCE(p.person_id, 0))",
+])
+def test_an_outer_distinct_count_counts_people_only(server, column):
+    """A count of distinct values other than people is refused on the outer query: a value
+    held by one person counts as much as one held by thousands, and FILTER (WHERE <small
+    group> OR <k known values>) pads it by a known k."""
+    resp = server.query(*PLANNER[:1], f"SELECT p.sex, {column} AS n FROM patients p "
+                        "GROUP BY p.sex", *PLANNER[1:])
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["code"] == "sql_rejected"
+
+
+@pytest.mark.parametrize("column", [
+    "COUNT(DISTINCT CASE WHEN p.year_of_birth < 1960 THEN p.person_id END)",
+    "COUNT(DISTINCT CASE WHEN p.year_of_birth < 1960 THEN p.person_id ELSE NULL END)",
+    "COUNT(DISTINCT p.person_id) FILTER (WHERE p.year_of_birth < 1960)",
+])
+def test_distinct_counts_of_people_are_still_accepted(server, raw, column):
+    resp = server.query(*PLANNER[:1], f"SELECT p.sex, {column} AS n FROM patients p "
+                        "GROUP BY p.sex ORDER BY p.sex", *PLANNER[1:])
+    body = server.released(resp, "p.jones")
+    truth = dict(raw.execute(
+        f"SELECT sex, COUNT(*) FROM ({_norfolk_residents(raw)}) WHERE year_of_birth < 1960 "
+        "GROUP BY sex").fetchall())
+    assert {s: n for s, n in body["rows"]} == {s: 5 * round(n / 5) for s, n in truth.items()}
+
+
+def test_a_person_keyed_left_join_keeps_one_cell_per_person_under_dp(server):
+    """LEFT JOIN patients on the person key alone matches all of a person's rows or none:
+    the sex of the joined patient still puts each person in one cell."""
+    sql = ("SELECT p.sex, COUNT(*) AS events FROM gp_events e LEFT JOIN patients p "
+           "ON p.person_id = e.person_id GROUP BY p.sex")
+    resp = server.client.post("/v1/queries/explain", headers={
+        "Authorization": f"Bearer {server.token('r.smith')}"},
+        json={"sql": sql, "project": "PRJ-0042", "purpose": "research"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["dp"]["cells_per_person"] == 1

@@ -94,7 +94,7 @@ def test_two_query_path_matches_for_a_non_decomposable_query(live, crafted):
     """COUNT(DISTINCT ...) beside a sum cannot be built from per-person partials: the
     contributions come from a second query, with the same verdicts."""
     sql = ("SELECT s.service_type, SUM(s.weekly_cost) AS weekly_cost, "
-           "COUNT(DISTINCT s.support_reason) AS reasons FROM social_care s "
+           "COUNT(DISTINCT s.person_id) AS people FROM social_care s "
            "GROUP BY s.service_type ORDER BY s.service_type")
     resp = live.query("p.jones", sql, "JOINT-PLANNING", "planning")
     body = live.released(resp, "p.jones")

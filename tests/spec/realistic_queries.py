@@ -102,10 +102,10 @@ REALISTIC: list[tuple[str, int, str]] = [
      f"SELECT {AGE} AS age_band, COUNT(*) AS without_contact FROM patients p "
      "WHERE NOT EXISTS (SELECT 1 FROM gp_events e WHERE e.person_id = p.person_id "
      "AND year(e.event_date) = 2025) GROUP BY age_band"),
-    ("practices with diabetic patients", 1,
-     "SELECT p.local_authority_code, COUNT(DISTINCT p.practice_code) AS practices "
+    ("diabetic patients by practice", 2,
+     "SELECT p.local_authority_code, p.practice_code, COUNT(DISTINCT p.person_id) AS people "
      "FROM patients p JOIN gp_events e ON e.person_id = p.person_id "
-     f"WHERE e.snomed_code = {DIABETES} GROUP BY p.local_authority_code"),
+     f"WHERE e.snomed_code = {DIABETES} GROUP BY 1, 2"),
     # -- hospital ------------------------------------------------------------------------
     ("admissions by method", 1,
      "SELECT h.admission_method, COUNT(*) AS spells, COUNT(DISTINCT h.person_id) AS people "
