@@ -45,13 +45,8 @@ def _candidates_rounded(values: list, pads: list[int], base: int, below: int) ->
             if all(v is None or v == rounded(t + k) for v, k in zip(values, pads, strict=True))]
 
 
-def test_a_right_joined_lookup_does_not_pad_a_count_of_people(server, raw):
-    """COUNT(*) over patients alone counts people, so the gateway takes the count itself as the
-    people behind the cell. RIGHT JOIN lsoa_lookup adds one row per area with no resident in it:
-    a FILTER choosing a small group OR k empty areas counts t + k rows, 'rests on' t + k people
-    and is released rounded; k = 8..12 in one query gives t exactly."""
-    target, truth = _small_group(raw, _norfolk_residents(raw), 8)
-    assert 1 <= truth <= 7
+def _empty_area_pads(raw, target: str) -> tuple[list[int], str]:
+    """Five counts of the small group OR k = 8..12 areas where the planner has no resident."""
     empty = [r[0] for r in raw.execute(
         f"SELECT lsoa_code FROM lsoa_lookup WHERE local_authority_code <> '{NORFOLK}' "
         "ORDER BY lsoa_code LIMIT 12").fetchall()]
@@ -59,6 +54,17 @@ def test_a_right_joined_lookup_does_not_pad_a_count_of_people(server, raw):
     cols = ", ".join(
         f"COUNT(*) FILTER (WHERE ({target}) OR l.lsoa_code IN "
         f"({', '.join(repr(c) for c in empty[:k])})) AS pad{k}" for k in pads)
+    return pads, cols
+
+
+def test_a_right_joined_lookup_does_not_pad_a_count_of_people(server, raw):
+    """COUNT(*) over patients alone counts people, so the gateway takes the count itself as the
+    people behind the cell. RIGHT JOIN lsoa_lookup adds one row per area with no resident in it:
+    a FILTER choosing a small group OR k empty areas counts t + k rows, 'rests on' t + k people
+    and is released rounded; k = 8..12 in one query gives t exactly."""
+    target, truth = _small_group(raw, _norfolk_residents(raw), 8)
+    assert 1 <= truth <= 7
+    pads, cols = _empty_area_pads(raw, target)
     sql = f"SELECT {cols} FROM patients p RIGHT JOIN lsoa_lookup l ON l.lsoa_code = p.lsoa_code"
     resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
     if resp.status_code != 200:
@@ -146,13 +152,7 @@ def test_a_key_of_a_left_joined_person_table_is_not_one_cell_per_person(server, 
 def test_every_outer_join_that_pads_people_counts_people_not_rows(server, raw):
     """FULL JOIN, and a lookup LEFT JOINed to people, pad as RIGHT JOIN does."""
     target, truth = _small_group(raw, _norfolk_residents(raw), 8)
-    empty = [r[0] for r in raw.execute(
-        f"SELECT lsoa_code FROM lsoa_lookup WHERE local_authority_code <> '{NORFOLK}' "
-        "ORDER BY lsoa_code LIMIT 12").fetchall()]
-    pads = list(range(8, 13))
-    cols = ", ".join(
-        f"COUNT(*) FILTER (WHERE ({target}) OR l.lsoa_code IN "
-        f"({', '.join(repr(c) for c in empty[:k])})) AS pad{k}" for k in pads)
+    pads, cols = _empty_area_pads(raw, target)
     for source in ("patients p FULL JOIN lsoa_lookup l ON l.lsoa_code = p.lsoa_code",
                    "lsoa_lookup l LEFT JOIN patients p ON l.lsoa_code = p.lsoa_code"):
         resp = server.query(*PLANNER[:1], f"SELECT {cols} FROM {source}", *PLANNER[1:])
