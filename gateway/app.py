@@ -113,9 +113,16 @@ def create_app(settings: Settings) -> FastAPI:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         reasons = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
                    for e in exc.errors()]
-        err = GatewayError("the request body is not valid", reasons=reasons,
-                           hint='send JSON {"sql": ..., "project": ..., "purpose": ...}',
-                           code="invalid_request")
+        # Where the fault is: the body, or the query string or path of a GET.
+        places = {str(e["loc"][0]) for e in exc.errors() if e.get("loc")}
+        if places <= {"body"}:
+            err = GatewayError("the request body is not valid", reasons=reasons,
+                               hint='send JSON {"sql": ..., "project": ..., "purpose": ...}',
+                               code="invalid_request")
+        else:
+            err = GatewayError("the request's parameters are not valid", reasons=reasons,
+                               hint="see the parameters of this route in /docs",
+                               code="invalid_request")
         err.status = 422
         try:
             await run_in_threadpool(_audit_rejection, pipeline, request, err)

@@ -438,3 +438,13 @@ def test_an_integer_constant_beside_a_sum_runs(server):
            "GROUP BY h.admission_method")
     resp = server.query("p.jones", sql, "JOINT-PLANNING", "planning")
     assert resp.status_code == 200, resp.text
+
+
+def test_a_bad_query_parameter_is_422_naming_the_parameter_not_the_body(server):
+    resp = server.client.get("/v1/audit/events?limit=0",
+                             headers={"Authorization": f"Bearer {server.token('ig.lead')}"})
+    assert resp.status_code == 422
+    error = resp.json()["error"]
+    assert error["code"] == "invalid_request" and "parameters" in error["message"]
+    assert error["reasons"][0]["field"] == "query.limit"
+    assert server.entry_for(resp)["decision"] == "refused"
