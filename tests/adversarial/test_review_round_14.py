@@ -1,0 +1,156 @@
+"""The breaks of review round 14, kept as tests (docs/security.md lists every round).
+
+All four go through SEMI and ANTI joins. sqlglot's Scope leaves the right-hand side of a
+SEMI/ANTI join out of ``selected_sources`` (its columns are not selected), and every rule
+that decides whose rows a select holds reads ``selected_sources``: the person-link check,
+the lookup check, the row person, the dp person grain. So ``patients p SEMI JOIN patients q
+ON <q is one chosen person> AND <p's attribute> = <a value of q>`` is an attribute join
+between two people that no rule sees: everyone's rows are kept or dropped by one person's
+values, the cells rest on everyone, and a group key shows the one person's value.
+
+A fix may refuse the query, suppress the cells, or count the people behind them properly:
+each passes.
+"""
+
+from __future__ import annotations
+
+PLANNER = ("p.jones", "JOINT-PLANNING", "planning")
+NORFOLK = "E10000020"
+
+
+def _norfolk_residents() -> str:
+    """The Norfolk planner's people, by hand: residents, not opted out."""
+    return (f"SELECT * FROM patients WHERE local_authority_code = '{NORFOLK}' AND person_id "
+            "NOT IN (SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
+
+
+def _not_opted_out() -> str:
+    return ("SELECT * FROM patients WHERE person_id NOT IN "
+            "(SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
+
+
+def _birth_years(raw, people_sql: str, at_least: int) -> set[int]:
+    """Years of birth that hold at least ``at_least`` of the people: groups never withheld."""
+    return {y for (y,) in raw.execute(
+        f"SELECT year_of_birth FROM ({people_sql}) GROUP BY 1 HAVING COUNT(*) >= {at_least}"
+    ).fetchall()}
+
+
+def _unique_person_with_stays(raw, offset: int) -> tuple[str, int, list[int]]:
+    """A Norfolk resident who is alone in her (year of birth, sex, ethnicity) group and has
+    hospital stays, every one of which maps (stay + offset) onto a well-populated birth year:
+    her condition on alias q, her person_id (for the oracle only), and her stays."""
+    years = _birth_years(raw, _norfolk_residents(), 20)
+    rows = raw.execute(
+        f"WITH r AS ({_norfolk_residents()}), u AS (SELECT year_of_birth, sex, ethnicity FROM r "
+        "GROUP BY ALL HAVING COUNT(*) = 1) "
+        "SELECT r.person_id, r.year_of_birth, r.sex, r.ethnicity, "
+        "list(h.length_of_stay ORDER BY h.length_of_stay) FROM r JOIN u USING "
+        "(year_of_birth, sex, ethnicity) JOIN hospital_admissions h ON h.person_id = r.person_id "
+        "GROUP BY ALL ORDER BY COUNT(*) DESC, r.person_id").fetchall()
+    for pid, yob, sex, eth, stays in rows:
+        if all(s + offset in years for s in stays) and len(set(stays)) >= 2:
+            return (f"q.year_of_birth = {yob} AND q.sex = '{sex}' AND q.ethnicity = '{eth}'",
+                    pid, stays)
+    raise AssertionError("no unique person with stays in the test data")
+
+
+def test_a_semi_join_does_not_copy_one_persons_stays_onto_everyones_rows(server, raw):
+    """patients p SEMI JOIN (one chosen person's admissions) ON p.year_of_birth - 1925 =
+    h.length_of_stay keeps the people born in 1925 + each of her stays. Every cell rests on
+    dozens of people, and the group keys, less 1925, are her lengths of stay, exactly."""
+    offset = raw.execute("SELECT MIN(year_of_birth) FROM patients").fetchone()[0]
+    target, _, stays = _unique_person_with_stays(raw, offset)
+    sql = (f"SELECT p.year_of_birth AS k, COUNT(*) AS n FROM patients p SEMI JOIN "
+           f"(SELECT h.person_id, h.length_of_stay FROM hospital_admissions h JOIN patients q "
+           f"ON q.person_id = h.person_id WHERE {target}) x "
+           f"ON p.year_of_birth - {offset} = x.length_of_stay GROUP BY k")
+    resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
+    if resp.status_code != 200:
+        return  # refusing is as good as suppressing
+    body = server.released(resp, "p.jones")
+    shown = sorted(k - offset for k, n in body["rows"] if n is not None)
+    assert shown != sorted(set(stays)), (
+        f"one person's lengths of stay {stays} are released as group keys: {body['rows']}")
+
+
+def test_a_semi_join_on_another_person_does_not_release_her_registration_date(server, raw):
+    """The same through patients itself: one unique person's registration date, as year,
+    month and day, each read off the one birth year the semi join keeps."""
+    offset = raw.execute("SELECT MIN(year_of_birth) FROM patients").fetchone()[0]
+    years = _birth_years(raw, _norfolk_residents(), 20)
+    yob, sex, eth, registered = raw.execute(
+        f"WITH r AS ({_norfolk_residents()}) SELECT year_of_birth, sex, ethnicity, "
+        "registration_date FROM r WHERE (year_of_birth, sex, ethnicity) IN (SELECT "
+        "(year_of_birth, sex, ethnicity) FROM r GROUP BY ALL HAVING COUNT(*) = 1) "
+        "ORDER BY year_of_birth, sex, ethnicity").fetchall()[0]
+    assert registered.year in years and registered.month + offset in years \
+        and registered.day + offset in years
+    target = f"q.year_of_birth = {yob} AND q.sex = '{sex}' AND q.ethnicity = '{eth}'"
+    found = []
+    for part, shift in (("YEAR", 0), ("MONTH", offset), ("DAY", offset)):
+        sql = (f"SELECT p.year_of_birth AS k, COUNT(*) AS n FROM patients p SEMI JOIN "
+               f"patients q ON {target} AND p.year_of_birth - {shift} = "
+               f"{part}(q.registration_date) GROUP BY k")
+        resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
+        if resp.status_code != 200:
+            return  # refused
+        rows = server.released(resp, "p.jones")["rows"]
+        found.append([k - shift for k, n in rows if n is not None])
+    assert found != [[registered.year], [registered.month], [registered.day]], (
+        f"one person's registration date {registered} is released")
+
+
+def test_an_anti_join_on_another_person_does_not_show_where_she_lives(server, raw):
+    """ANTI JOIN patients q ON <q is one chosen person> AND q.lsoa_code = p.lsoa_code drops
+    her neighbours: the one small area missing from a table of every area is hers."""
+    yob, sex, eth, lsoa = raw.execute(
+        f"WITH r AS ({_norfolk_residents()}), a AS (SELECT lsoa_code FROM r GROUP BY 1 "
+        "HAVING COUNT(*) >= 10) SELECT year_of_birth, sex, ethnicity, lsoa_code FROM r "
+        "WHERE lsoa_code IN (SELECT lsoa_code FROM a) AND (year_of_birth, sex, ethnicity) IN "
+        "(SELECT (year_of_birth, sex, ethnicity) FROM r GROUP BY ALL HAVING COUNT(*) = 1) "
+        "ORDER BY year_of_birth, sex, ethnicity").fetchall()[0]
+    target = f"q.year_of_birth = {yob} AND q.sex = '{sex}' AND q.ethnicity = '{eth}'"
+    shown = []
+    for join in ("SEMI", "ANTI"):
+        sql = (f"SELECT p.lsoa_code AS area, COUNT(*) AS n FROM patients p {join} JOIN "
+               f"patients q ON {target} AND q.lsoa_code = p.lsoa_code GROUP BY area")
+        resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
+        if resp.status_code != 200:
+            return  # refused
+        shown.append({a for a, n in server.released(resp, "p.jones")["rows"]})
+    semi, anti = shown
+    # her area holds at least ten people: without the join it is a released row
+    assert semi != {lsoa} and not (anti and lsoa not in anti), (
+        f"one person's small area {lsoa} is released: SEMI keeps {semi}, ANTI drops it")
+
+
+def test_a_semi_join_on_one_persons_row_is_bounded_under_dp(server, raw):
+    """dp: COUNT(*) FROM patients p SEMI JOIN hospital_admissions h ON <a condition only one
+    person's admission meets> counts everyone if that person is in the data and no one if
+    not. The noise is calibrated for one person moving the count by cells * rows (5); she
+    moves it by thousands."""
+    stay, person = raw.execute(
+        f"SELECT length_of_stay, MIN(person_id) FROM hospital_admissions WHERE person_id IN "
+        f"(SELECT person_id FROM ({_not_opted_out()})) GROUP BY 1 "
+        "HAVING COUNT(DISTINCT person_id) = 1 ORDER BY 1 DESC LIMIT 1").fetchone()
+    sql = ("SELECT p.sex AS k, COUNT(*) AS n FROM patients p SEMI JOIN hospital_admissions h "
+           f"ON h.length_of_stay = {stay} GROUP BY k")
+    resp = server.client.post("/v1/queries/explain", headers={
+        "Authorization": f"Bearer {server.token('r.smith')}"},
+        json={"sql": sql, "project": "PRJ-0042", "purpose": "research"})
+    if resp.status_code != 200 or resp.json()["decision"] != "permit":
+        return  # refused
+    explained = resp.json()
+    bound = explained["dp"]["cells_per_person"] * explained["output"]["max_rows_per_cell"]
+    executed = explained["executed_sql"]
+    with_her = sum(r[1] for r in raw.execute(executed).fetchall())
+    # the same data without her: the admissions view with her rows left out
+    without = executed.replace(
+        'FROM "hospital_admissions" WHERE',
+        f'FROM "hospital_admissions" WHERE "person_id" <> {person} AND')
+    assert without != executed
+    without_her = sum(r[1] for r in raw.execute(without).fetchall())
+    assert abs(with_her - without_her) <= bound, (
+        f"one person moves the bounded count from {without_her} to {with_her}; the noise "
+        f"assumes at most {bound}")
