@@ -340,7 +340,7 @@ def _check_nodes(tree: exp.Select | exp.Union) -> None:
             raise SqlRejected("SELECT INTO, locking and sampling clauses are not allowed")
 
 
-_JOIN_KINDS = {"", "INNER", "OUTER", "CROSS", "SEMI", "ANTI"}
+_JOIN_KINDS = {"", "INNER", "OUTER", "CROSS"}
 _JOIN_SIDES = {"", "LEFT", "RIGHT", "FULL"}
 
 
@@ -348,6 +348,13 @@ def _check_join(join: exp.Join) -> None:
     method = (join.args.get("method") or "").upper()
     kind = (join.args.get("kind") or "").upper()
     side = (join.args.get("side") or "").upper()
+    if kind in ("SEMI", "ANTI"):
+        # The right side of a SEMI/ANTI join is not among a select's sources (sqlglot leaves it
+        # out of selected_sources), so the rules on whose rows a query holds would not see it:
+        # ON could tie everyone's rows to one chosen person's values (review round 14).
+        raise SqlRejected(f"{kind} JOIN is not allowed",
+                          hint="use WHERE [NOT] EXISTS (SELECT 1 FROM ... WHERE x.person_id = "
+                          "p.person_id ...) or p.person_id [NOT] IN (SELECT person_id FROM ...)")
     if method or kind not in _JOIN_KINDS or side not in _JOIN_SIDES:
         shown = " ".join(x for x in (method, side, kind) if x)
         raise SqlRejected(f"{shown} JOIN is not allowed",
@@ -436,6 +443,7 @@ def _resolve(
             if isinstance(source, exp.Table):
                 tables.add(source.name.lower())
         _check_per_person_aggregates(scope, outers, catalogue)
+        _check_distinct_on(scope, catalogue)
         _check_windows(scope, outers, catalogue)
         _check_person_links(scope, catalogue)
         for col in scope.columns:
@@ -748,6 +756,9 @@ def _check_person_key_use(col: exp.Column, scope: Scope, outers: list[exp.Select
             return  # a per-person or joinable derived table exposes the key for joining
         if isinstance(parent, exp.Group):
             return
+        if isinstance(parent, exp.Tuple) and parent.arg_key == "on" and \
+                isinstance(parent.parent, exp.Distinct) and parent.parent.parent is select:
+            return  # DISTINCT ON (person_id, ...): one row per person (_check_distinct_on)
     raise SqlRejected(
         f"the person key {col.sql(dialect=DIALECT)} may only join tables or be counted "
         f"(found in {_clause(col)})",
@@ -771,6 +782,22 @@ def _people_or_null(case: exp.Case, scopes: dict[int, Scope], catalogue: Catalog
         if not (isinstance(r, exp.Column) and _column_is_person_key(r, scopes, catalogue)):
             return False
     return True
+
+
+def _check_distinct_on(scope: Scope, catalogue: Catalogue) -> None:
+    """DISTINCT ON keeps one row per group, chosen by an order. Within a person (the person key
+    among its keys) that is a person's first event; across people it picks the first person
+    by someone's value, as LIMIT in a subquery would (round 11)."""
+    distinct = scope.expression.args.get("distinct")
+    on = distinct.args.get("on") if distinct is not None else None
+    if on is None:
+        return
+    keys = on.expressions if isinstance(on, exp.Tuple) else [on]
+    if not any(isinstance(k, exp.Column) and is_person_key(k, scope, catalogue) for k in keys):
+        raise SqlRejected(
+            "DISTINCT ON is allowed within a person only: its keys must include person_id",
+            hint="DISTINCT ON (person_id) ... ORDER BY person_id, event_date picks each "
+            "person's first event; across people, choose rows by a condition, not an order")
 
 
 def _is_source_select(select: exp.Select) -> bool:

@@ -154,3 +154,40 @@ def test_a_semi_join_on_one_persons_row_is_bounded_under_dp(server, raw):
     assert abs(with_her - without_her) <= bound, (
         f"one person moves the bounded count from {without_her} to {with_her}; the noise "
         f"assumes at most {bound}")
+
+
+# -- the neighbours, closed by the same fixes ------------------------------------------------
+
+def test_semi_and_anti_joins_are_refused_with_the_forms_to_use(server):
+    for kind in ("SEMI", "ANTI"):
+        sql = (f"SELECT p.sex, COUNT(*) AS n FROM patients p {kind} JOIN gp_events e "
+               "ON e.person_id = p.person_id GROUP BY p.sex")
+        resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
+        assert resp.status_code == 400, resp.text
+        error = resp.json()["error"]
+        assert f"{kind} JOIN is not allowed" in error["message"] and "EXISTS" in error["hint"]
+        assert server.entry_for(resp)["decision"] == "refused"
+
+
+def test_distinct_on_across_people_is_refused(server):
+    """DISTINCT ON (area) ... ORDER BY a date keeps the first person of each area by someone's
+    value: a choice across people, like LIMIT in a subquery (round 11)."""
+    sql = ("SELECT f.sex, COUNT(*) AS n FROM (SELECT DISTINCT ON (p.lsoa_code) p.person_id, "
+           "p.sex FROM patients p ORDER BY p.lsoa_code, p.registration_date) f GROUP BY f.sex")
+    resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
+    assert resp.status_code == 400, resp.text
+    assert "DISTINCT ON" in resp.json()["error"]["message"]
+
+
+def test_distinct_on_within_a_person_picks_her_first_event(server, raw):
+    sql = ("SELECT f.snomed_code, COUNT(*) AS people FROM (SELECT DISTINCT ON (e.person_id) "
+           "e.person_id, e.snomed_code FROM gp_events e ORDER BY e.event_date, e.snomed_code) f "
+           "GROUP BY f.snomed_code")
+    body = server.released(server.query(*PLANNER[:1], sql, *PLANNER[1:]), PLANNER[0])
+    truth = dict(raw.execute(
+        "SELECT snomed_code, COUNT(*) FROM (SELECT DISTINCT ON (person_id) person_id, "
+        "snomed_code FROM gp_events WHERE person_id IN (SELECT person_id FROM "
+        f"({_norfolk_residents()})) ORDER BY event_date, snomed_code) GROUP BY 1"
+    ).fetchall())
+    shown = {k: n for k, n in body["rows"] if n is not None}
+    assert shown and all(n == 5 * round(truth[k] / 5) for k, n in shown.items())
