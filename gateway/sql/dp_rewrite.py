@@ -103,7 +103,7 @@ def rewrite_dp(analysis: Analysis, obligations: Obligations, catalogue: Catalogu
         if o.kind != "aggregate":
             continue
         node = tree.expressions[i].unalias()
-        stat, parts = _statistic(i, node, scope, catalogue, max_rows)
+        stat, parts = _statistic(i, node, scope, catalogue, max_rows, rowpid)
         stats.append(stat)
         for n, part in enumerate(parts):
             inner.append(exp.alias_(part, f"__a{i}_{n}"))
@@ -123,11 +123,15 @@ def rewrite_dp(analysis: Analysis, obligations: Obligations, catalogue: Catalogu
         # person): a choice made from their own rows only. Only those people are ranked: a
         # window over everyone costs more than the rest of the query.
         chosen = ", ".join([*(f"__k{i}" for i in keys), "__pid"])
+        # The parts are materialised once for the three reads, and the split is a SEMI/ANTI
+        # join (about a fifth faster than IN / NOT IN, bench/dp_bound_variants.py; and rows
+        # with no person, from reference rows an outer join keeps, stay on the unranked side
+        # instead of a NULL in NOT IN emptying it).
         source = (
-            f"WITH __parts AS ({source}), __many AS (SELECT __pid FROM __parts GROUP BY __pid "
-            f"HAVING COUNT(*) > {max_cells}) "
-            f"SELECT * FROM __parts WHERE __pid NOT IN (SELECT __pid FROM __many) UNION ALL "
-            f"SELECT * FROM __parts WHERE __pid IN (SELECT __pid FROM __many) "
+            f"WITH __parts AS MATERIALIZED ({source}), __many AS (SELECT __pid FROM __parts "
+            f"GROUP BY __pid HAVING COUNT(*) > {max_cells}) "
+            f"SELECT * FROM __parts ANTI JOIN __many USING (__pid) UNION ALL "
+            f"SELECT __parts.* FROM __parts SEMI JOIN __many USING (__pid) "
             f"QUALIFY ROW_NUMBER() OVER (PARTITION BY __pid ORDER BY HASH({chosen})) "
             f"<= {max_cells}")
     group = f" GROUP BY {', '.join(f'__k{i}' for i in keys)}" if keys else ""
@@ -144,8 +148,8 @@ def rewrite_dp(analysis: Analysis, obligations: Obligations, catalogue: Catalogu
     )
 
 
-def _statistic(i: int, node: exp.Expression, scope, catalogue: Catalogue, max_rows: int
-               ) -> tuple[DpStatistic, list[exp.Expression]]:
+def _statistic(i: int, node: exp.Expression, scope, catalogue: Catalogue, max_rows: int,
+               rowpid: exp.Expression) -> tuple[DpStatistic, list[exp.Expression]]:
     """The bounded per-(cell, person) parts of one aggregate, and its sensitivity."""
     cond = node.expression.copy() if isinstance(node, exp.Filter) else None
     agg = node.this if isinstance(node, exp.Filter) else node
@@ -163,7 +167,16 @@ def _statistic(i: int, node: exp.Expression, scope, catalogue: Catalogue, max_ro
         if isinstance(arg, exp.Distinct):
             if (len(arg.expressions) == 1 and isinstance(arg.expressions[0], exp.Column)
                     and is_person_key(arg.expressions[0], scope, catalogue)):
-                part = least(filtered(exp.Count(this=arg.expressions[0].copy())), 1)
+                person = arg.expressions[0]
+                if cond is None and person.sql() == rowpid.sql():
+                    # the row's own person, a group key here: 1 unless no one is behind the
+                    # row, with no aggregate to compute (a tenth of the query's time)
+                    part: exp.Expression = exp.Case(
+                        ifs=[exp.If(this=exp.Is(this=person.copy(), expression=exp.Null()),
+                                    true=exp.Literal.number(0))],
+                        default=exp.Literal.number(1))
+                else:
+                    part = least(filtered(exp.Count(this=person.copy())), 1)
                 return DpStatistic(i, "people", 1.0, all_people=cond is None), [part]
             raise SqlRejected("COUNT(DISTINCT ...) of anything but the person key is not "
                               "available under differential privacy", hint=HINT,
