@@ -10,6 +10,11 @@ cells rest on dozens of people and the group key is her value (round 10's "uncor
 scalar subqueries over people", and round 14's SEMI join, again). The second branch
 (``WHERE 1 = 0``) adds nothing: it only makes the subquery a UNION.
 
+The second break is a window "within a person" that is not: PARTITION BY a person key taken
+from a LEFT JOINed source. Every row the join did not match has NULL there, and all of them,
+of every person, fall in one partition, so a window aggregate copies one person's value onto
+everyone's rows (``_check_windows`` asks only that the partition column be a person key).
+
 A fix may refuse the query, suppress the cells, or count the people behind them properly:
 each passes.
 """
@@ -137,7 +142,64 @@ def test_an_exists_union_on_one_persons_row_is_bounded_under_dp(server, raw):
         f"assumes at most {bound}")
 
 
+# -- windows over a person key that an outer join leaves NULL ---------------------------------
+
+def test_a_window_partitioned_by_an_outer_joined_person_key_stays_within_a_person(
+        server, raw):
+    """A window must be partitioned by the person key, but a person key from a LEFT JOINed
+    source is NULL on every row the join did not match, and all those rows, of every person,
+    are one partition. LEFT JOIN patients q ON q.person_id = p.person_id AND 1 = 0 leaves
+    q.person_id NULL everywhere: MAX(CASE WHEN <p is one chosen person> THEN
+    p.registration_date END) OVER (PARTITION BY q.person_id) puts her registration date on
+    everyone's row, and the one released key, resting on every resident, is her date."""
+    target, registered = next((t.replace("q.", "p."), d) for t, d, _, _ in _unique_people(raw))
+    sql = (f"SELECT w.v AS k, COUNT(*) AS n FROM (SELECT p.person_id, MAX(CASE WHEN {target} "
+           "THEN p.registration_date END) OVER (PARTITION BY q.person_id) AS v FROM patients p "
+           "LEFT JOIN patients q ON q.person_id = p.person_id AND 1 = 0) w GROUP BY k")
+    resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
+    if resp.status_code != 200:
+        return  # refused
+    shown = [k for k, n in server.released(resp, "p.jones")["rows"] if n is not None]
+    assert shown != [registered.isoformat()], (
+        f"one person's registration date {registered} is released")
+
+
+def test_a_window_over_people_without_admissions_stays_within_a_person(server, raw):
+    """The same with the plainest join: patients p LEFT JOIN hospital_admissions h ON
+    h.person_id = p.person_id, PARTITION BY h.person_id. Everyone without an admission is in
+    the NULL partition, so a chosen one of them (with no admissions) gives her value to all."""
+    target, registered = next(
+        (t.replace("q.", "p."), d) for t, d, _, _ in _unique_people(raw)
+        if not raw.execute(
+            "SELECT COUNT(*) FROM hospital_admissions h JOIN patients p ON p.person_id = "
+            f"h.person_id WHERE {t.replace('q.', 'p.')} AND p.local_authority_code = "
+            f"'{NORFOLK}'").fetchone()[0])
+    sql = (f"SELECT w.v AS k, COUNT(*) AS n FROM (SELECT p.person_id, MAX(CASE WHEN {target} "
+           "THEN p.registration_date END) OVER (PARTITION BY h.person_id) AS v FROM patients p "
+           "LEFT JOIN hospital_admissions h ON h.person_id = p.person_id) w GROUP BY k")
+    resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
+    if resp.status_code != 200:
+        return  # refused
+    shown = [k for k, n in server.released(resp, "p.jones")["rows"]
+             if n is not None and k is not None]
+    assert shown != [registered.isoformat()], (
+        f"one person's registration date {registered} is released")
+
+
 # -- the neighbours, which must keep working -------------------------------------------------
+
+def test_a_window_by_the_outer_person_over_a_left_join_is_still_answered(server, raw):
+    """PARTITION BY p.person_id, the person of the preserved side, is within a person whether
+    or not the join matched: the usual first-admission window must keep working."""
+    sql = ("SELECT w.first AS k, COUNT(*) AS n FROM (SELECT p.person_id, CASE WHEN ROW_NUMBER() "
+           "OVER (PARTITION BY p.person_id ORDER BY h.admission_date) = 1 THEN 'first' ELSE "
+           "'later' END AS first FROM patients p LEFT JOIN hospital_admissions h ON "
+           "h.person_id = p.person_id) w GROUP BY k")
+    body = server.released(server.query(*PLANNER[:1], sql, *PLANNER[1:]), PLANNER[0])
+    people = raw.execute(f"SELECT COUNT(*) FROM ({_norfolk_residents()})").fetchone()[0]
+    shown = {k: n for k, n in body["rows"] if n is not None}
+    assert shown.get("first") == 5 * round(people / 5)
+
 
 def test_a_union_of_person_keys_in_an_in_subquery_is_still_answered(server, raw):
     """person_id IN (SELECT person_id ... UNION SELECT person_id ...) is membership of the same
