@@ -563,7 +563,7 @@ def _check_person_links(scope: Scope, catalogue: Catalogue) -> None:
             f"person-level sources {names} are not all joined on person_id: every row must "
             "belong to one person", hint="join them ON a.person_id = b.person_id (use IN or "
             "EXISTS ... WHERE x.person_id = y.person_id to filter)")
-    if scope.is_subquery and any(_reads_people(src, catalogue) for src in selected.values()):
+    if _is_subquery(scope) and any(_reads_people(src, catalogue) for src in selected.values()):
         local = any(k[0] == id(scope) for k in nodes)
         external = any(k[0] != id(scope) for k in nodes)
         if not (local and external) and not _is_person_membership(scope, catalogue):
@@ -572,6 +572,15 @@ def _check_person_links(scope: Scope, catalogue: Catalogue) -> None:
                 "(person_id IN (SELECT person_id ...), or EXISTS (... WHERE x.person_id = "
                 "p.person_id)): otherwise it tests other people's records",
                 hint="filter people with person_id IN (SELECT person_id FROM ...)")
+
+
+def _is_subquery(scope: Scope) -> bool:
+    """Whether a select is a subquery in an expression (IN, EXISTS, a scalar), also as a
+    branch of a UNION that is one: sqlglot gives a UNION's branches scopes of their own type,
+    not the subquery's (review round 15)."""
+    while scope.is_set_operation and scope.parent is not None:
+        scope = scope.parent
+    return scope.is_subquery
 
 
 def _check_lookups(scope: Scope, selected: dict, conditions: list, catalogue: Catalogue) -> None:
@@ -829,11 +838,15 @@ def _check_windows(scope: Scope, outers: list[exp.Select], catalogue: Catalogue)
             raise SqlRejected("a window function (OVER ...) is not allowed in the outer query",
                               hint="use windows inside a subquery, partitioned by person_id")
         parts = window.args.get("partition_by") or []
+        # The key of a source an outer join pads is NULL on the padded rows, and NULL is one
+        # partition: everyone without a match would share it (review round 15).
+        padded = padded_sources(select, scope, catalogue)
         if not any(isinstance(p, exp.Column) and is_person_key(p, scope, catalogue)
-                   for p in parts):
+                   and p.table not in padded for p in parts):
             raise SqlRejected("a window must be partitioned by the person key "
                               "(OVER (PARTITION BY person_id ...)): across people it would "
-                              "copy one person's values onto another's rows",
+                              "copy one person's values onto another's rows (the key "
+                              "must come from a source no outer join pads with NULLs)",
                               hint="PARTITION BY person_id, e.g. to find each person's first "
                               "admission or their previous one")
 
