@@ -7,7 +7,7 @@ distinct-person count, and variants of it, run in DuckDB directly on the same ta
   raw+opt-out     the same over the opted-in rows
   pairs           grouped by (code, person) then counted: the regrouping, with no bound
   gateway         the bounded SQL the gateway executes (from the audit entry of a real query)
-  materialised    the same with its CTE materialised and SEMI/ANTI joins for the split
+  materialised    split in two: the pairs of people within the bound, and the ranked rest
   subtract        every (code, person) pair, minus the pairs cut by the bound
 """
 

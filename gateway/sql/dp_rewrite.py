@@ -118,26 +118,38 @@ def rewrite_dp(analysis: Analysis, obligations: Obligations, catalogue: Catalogu
     cells = 1 if one_cell else max_cells
     _filter_scans(tree, obligations, catalogue)
     source = tree.sql(dialect=DIALECT)
+    having = ""
     if not one_cell:
         # A person in more than L cells keeps the L of them with the smallest hash of (keys,
         # person): a choice made from their own rows only. Only those people are ranked: a
         # window over everyone costs more than the rest of the query.
         chosen = ", ".join([*(f"__k{i}" for i in keys), "__pid"])
-        # The parts are materialised once for the three reads, and the split is a SEMI/ANTI
-        # join (about a fifth faster than IN / NOT IN, bench/dp_bound_variants.py; and rows
-        # with no person, from reference rows an outer join keeps, stay on the unranked side
-        # instead of a NULL in NOT IN emptying it).
-        source = (
-            f"WITH __parts AS MATERIALIZED ({source}), __many AS (SELECT __pid FROM __parts "
-            f"GROUP BY __pid HAVING COUNT(*) > {max_cells}) "
-            f"SELECT * FROM __parts ANTI JOIN __many USING (__pid) UNION ALL "
-            f"SELECT __parts.* FROM __parts SEMI JOIN __many USING (__pid) "
-            f"QUALIFY ROW_NUMBER() OVER (PARTITION BY __pid ORDER BY HASH({chosen})) "
-            f"<= {max_cells}")
+        # The parts are materialised once for their reads, and the people over the bound are
+        # found by SEMI/ANTI joins (faster than IN / NOT IN, bench/dp_bound_variants.py; and
+        # rows with no person, reference rows an outer join keeps, are never ranked, where a
+        # NULL in NOT IN would empty the unranked side).
+        head = (f"WITH __parts AS MATERIALIZED ({source}), __many AS (SELECT __pid FROM "
+                f"__parts GROUP BY __pid HAVING COUNT(*) > {max_cells})")
+        ranked = (f"SELECT __parts.* FROM __parts SEMI JOIN __many USING (__pid) QUALIFY "
+                  f"ROW_NUMBER() OVER (PARTITION BY __pid ORDER BY HASH({chosen}))")
+        if all(st.kind in ("rows", "people") for st in stats):
+            # Whole-number parts: every part, minus the parts the bound cuts, is exact and
+            # cheaper than splitting the parts in two (bench/dp_bound_variants.py).
+            cols = [*(f"__k{i}" for i in keys), "__pid"]
+            parts = [e.alias for e in outer[len(keys):-1]]
+            negated = ", ".join([*cols, *(f"-{a}" for a in parts), "-1"])
+            source = (f"{head}, __cut AS ({ranked} > {max_cells}) "
+                      f"SELECT *, 1 AS __w FROM __parts UNION ALL SELECT {negated} FROM __cut")
+            outer[-1] = exp.alias_(exp.Sum(this=exp.column("__w")), "__people")
+            # a cell whose every pair was cut has no one left in it: it is no cell at all
+            having = " HAVING SUM(__w) > 0" if keys else ""
+        else:
+            source = (f"{head} SELECT * FROM __parts ANTI JOIN __many USING (__pid) "
+                      f"UNION ALL {ranked} <= {max_cells}")
     group = f" GROUP BY {', '.join(f'__k{i}' for i in keys)}" if keys else ""
     # The number of exact cells is itself data: cap it well above what can be released.
     sql = (f"SELECT {', '.join(e.sql(dialect=DIALECT) for e in outer)} FROM ({source}) AS __pp"
-           f"{group} LIMIT {10 * row_cap + 1}")
+           f"{group}{having} LIMIT {10 * row_cap + 1}")
     domains = _public_domains([key_exprs[i] for i in keys], scope, catalogue)
     return DpPlan(
         sql=sql, keys=tuple(keys),

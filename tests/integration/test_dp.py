@@ -239,3 +239,25 @@ def test_a_broken_ledger_fails_closed_with_a_503_spending_and_releasing_nothing(
         assert ok.status_code == 200
     finally:
         server.stop()
+
+
+def test_a_cell_whose_every_pair_the_bound_cuts_is_no_cell(live, data_dir, tmp_path):
+    """Per-day cells: people with events on more than L days keep L of them, so some days lose
+    everyone. Those days must not come back as cells holding nobody (their keys would then
+    come from the very rows the bound dropped)."""
+    sql = "SELECT e.event_date, COUNT(*) AS events FROM gp_events e GROUP BY e.event_date"
+    explained = live.client.post("/v1/queries/explain", headers={
+        "Authorization": f"Bearer {live.token('r.smith')}"},
+        json={"sql": sql, "project": PROJECT, "purpose": PURPOSE}).json()
+    assert explained["dp"]["cells_per_person"] > 1
+    bounded = explained["executed_sql"]
+    engine = DuckDBEngine(data_dir, tmp_path / "engine", load_catalogue(), memory_limit="1GB",
+                          threads=1)
+    try:
+        def people(q: str) -> list:
+            return [r[-1] for r in engine.execute(q, timeout_s=60, row_cap=100_000).rows]
+        assert min(people(bounded)) >= 1, "a cell with no one left in it"
+        # the same cells before the empty ones are dropped: some days did lose everyone
+        assert min(people(bounded.replace(" HAVING SUM(__w) > 0", ""))) == 0
+    finally:
+        engine.close()
