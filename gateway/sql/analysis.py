@@ -624,6 +624,45 @@ def _conjuncts(cond: exp.Expression) -> list[exp.Expression]:
     return [cond]
 
 
+def may_be_null(col: exp.Column, scope: Scope, catalogue: Catalogue) -> bool:
+    """Whether a column can be NULL on some rows: its source is padded by an outer join here,
+    or it passes on such a column from a derived table or CTE (followed down), unless the
+    select's WHERE says ``col IS NOT NULL``. A person key that can be NULL is no person: NULL
+    is one window partition for everyone unmatched, and one NULL in a NOT IN set turns the
+    test NULL for every row (review round 16)."""
+    if col.table not in scope.sources:
+        owner = _owner(scope, col.table)
+        return owner is None or may_be_null(col, owner, catalogue)
+    select = scope.expression
+    if not isinstance(select, exp.Select):
+        return True
+    for cond in _conjuncts(select.args["where"]) if select.args.get("where") else []:
+        if (isinstance(cond, exp.Not) and isinstance(cond.this, exp.Is)
+                and isinstance(cond.this.expression, exp.Null)
+                and isinstance(cond.this.this, exp.Column)
+                and (cond.this.this.table, cond.this.this.name) == (col.table, col.name)):
+            return False
+    if col.table in padded_sources(select, scope, catalogue):
+        return True
+    source = scope.sources[col.table]
+    if isinstance(source, exp.Table):
+        return False
+    if not (isinstance(source, Scope) and isinstance(source.expression, exp.Select)):
+        return True  # a UNION, or anything else: not followed, so not trusted
+    proj = next((p for p in source.expression.expressions if p.alias_or_name == col.name), None)
+    inner = proj.unalias() if proj is not None else None
+    return not isinstance(inner, exp.Column) or may_be_null(inner, source, catalogue)
+
+
+def _refuse_a_set_with_null(proj: exp.Column, scope: Scope, catalogue: Catalogue) -> None:
+    if may_be_null(proj, scope, catalogue):
+        raise SqlRejected(
+            f"the person keys of IN (SELECT {proj.sql(dialect=DIALECT)} ...) can be NULL (an "
+            "outer join pads them): one NULL turns NOT IN into NULL for everyone",
+            hint=f"add WHERE {proj.sql(dialect=DIALECT)} IS NOT NULL to the subquery, or use "
+            "[NOT] EXISTS")
+
+
 def _is_person_membership(scope: Scope, catalogue: Catalogue) -> bool:
     """``outer.person_id IN (SELECT person_id FROM ...)``: membership of the same person."""
     node = scope.expression.parent
@@ -633,9 +672,12 @@ def _is_person_membership(scope: Scope, catalogue: Catalogue) -> bool:
         return False
     owner = _owner(scope, node.this.table)
     projections = scope.expression.expressions
-    return (owner is not None and is_person_key(node.this, owner, catalogue)
-            and len(projections) == 1 and isinstance(projections[0].unalias(), exp.Column)
-            and is_person_key(projections[0].unalias(), scope, catalogue))
+    member = (owner is not None and is_person_key(node.this, owner, catalogue)
+              and len(projections) == 1 and isinstance(projections[0].unalias(), exp.Column)
+              and is_person_key(projections[0].unalias(), scope, catalogue))
+    if member:
+        _refuse_a_set_with_null(projections[0].unalias(), scope, catalogue)
+    return member
 
 
 def _check_group_keys(tree: exp.Select, scope: Scope, catalogue: Catalogue) -> None:
@@ -728,7 +770,10 @@ def _projects_person_key(query: exp.Expression, scopes: dict[int, Scope],
     if scope is None or not isinstance(select, exp.Select) or len(select.expressions) != 1:
         return False
     proj = select.expressions[0].unalias()
-    return isinstance(proj, exp.Column) and is_person_key(proj, scope, catalogue)
+    if isinstance(proj, exp.Column) and is_person_key(proj, scope, catalogue):
+        _refuse_a_set_with_null(proj, scope, catalogue)
+        return True
+    return False
 
 
 def _check_person_key_use(col: exp.Column, scope: Scope, outers: list[exp.Select],
@@ -838,11 +883,11 @@ def _check_windows(scope: Scope, outers: list[exp.Select], catalogue: Catalogue)
             raise SqlRejected("a window function (OVER ...) is not allowed in the outer query",
                               hint="use windows inside a subquery, partitioned by person_id")
         parts = window.args.get("partition_by") or []
-        # The key of a source an outer join pads is NULL on the padded rows, and NULL is one
-        # partition: everyone without a match would share it (review round 15).
-        padded = padded_sources(select, scope, catalogue)
+        # The key of a source an outer join pads (here, or in a derived table or CTE) is
+        # NULL on the padded rows, and NULL is one partition: everyone without a match would
+        # share it (review rounds 15 and 16).
         if not any(isinstance(p, exp.Column) and is_person_key(p, scope, catalogue)
-                   and p.table not in padded for p in parts):
+                   and not may_be_null(p, scope, catalogue) for p in parts):
             raise SqlRejected("a window must be partitioned by the person key "
                               "(OVER (PARTITION BY person_id ...)): across people it would "
                               "copy one person's values onto another's rows (the key "

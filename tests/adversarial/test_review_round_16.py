@@ -194,3 +194,35 @@ def test_a_window_over_a_cte_that_padded_the_person_key_stays_within_a_person(se
              if n is not None and k is not None]
     assert shown != [registered.isoformat()], (
         f"one person's registration date {registered} is released")
+
+
+# -- the neighbours, closed or kept by the same fix --------------------------------------------
+
+def test_a_padded_set_is_refused_with_the_fix_and_accepted_once_nulls_are_dropped(server, raw):
+    padded = ("SELECT h.person_id FROM patients x LEFT JOIN hospital_admissions h "
+              "ON h.person_id = x.person_id AND h.length_of_stay >= 8")
+    sql = ("SELECT p.sex AS k, COUNT(*) AS n FROM patients p WHERE p.person_id NOT IN "
+           f"({padded}{{where}}) GROUP BY k")
+    resp = server.query(*PLANNER[:1], sql.format(where=""), *PLANNER[1:])
+    assert resp.status_code == 400, resp.text
+    assert "IS NOT NULL" in resp.json()["error"]["hint"]
+    resp = server.query(*PLANNER[:1], sql.format(where=" WHERE h.person_id IS NOT NULL"),
+                        *PLANNER[1:])
+    body = server.released(resp, "p.jones")
+    truth = dict(raw.execute(
+        f"SELECT sex, COUNT(*) FROM ({_norfolk_residents()}) p WHERE person_id NOT IN (SELECT "
+        "h.person_id FROM hospital_admissions h JOIN patients q ON q.person_id = h.person_id "
+        f"WHERE q.local_authority_code = '{NORFOLK}' AND h.length_of_stay >= 8) GROUP BY 1"
+    ).fetchall())
+    shown = {k: n for k, n in body["rows"] if n is not None}
+    assert shown and all(n == 5 * round(truth[k] / 5) for k, n in shown.items())
+
+
+def test_a_window_over_a_derived_table_of_people_still_partitions_by_them(server, raw):
+    """The person key passed on by a derived table with no outer join is never NULL."""
+    sql = ("SELECT w.first AS k, COUNT(*) AS n FROM (SELECT d.person_id, CASE WHEN "
+           "ROW_NUMBER() OVER (PARTITION BY d.person_id ORDER BY d.admission_date) = 1 THEN "
+           "'first' ELSE 'later' END AS first FROM (SELECT h.person_id, h.admission_date FROM "
+           "hospital_admissions h) d) w GROUP BY k")
+    body = server.released(server.query(*PLANNER[:1], sql, *PLANNER[1:]), "p.jones")
+    assert {k for k, _ in body["rows"]} == {"first", "later"}
