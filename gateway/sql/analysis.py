@@ -925,6 +925,9 @@ def _names_aggregate(ordered: exp.Expression, tree: exp.Select) -> bool:
     """Whether an ORDER BY term refers (by alias or position) to an aggregate output column."""
     term = ordered.this if isinstance(ordered, exp.Ordered) else ordered
     target = None
+    if isinstance(term, exp.Var) and term.name.upper() == "ALL":
+        # ORDER BY ALL sorts by every output column, the aggregates too (review round 17)
+        return any(_aggregates_of(p.unalias(), tree) for p in tree.expressions)
     if isinstance(term, exp.Literal) and term.is_int:
         idx = int(term.this) - 1
         target = tree.expressions[idx] if 0 <= idx < len(tree.expressions) else None

@@ -23,7 +23,14 @@ count of rows by as much as one person can move it): each passes.
 
 from __future__ import annotations
 
+import pytest
 from conftest import TODAY
+
+#: The first break is open (issue 3): a count of rows needs rounding or perturbation sized to
+#: the most rows one person adds to its cell, computed per (cell, person). Strict: when the fix
+#: lands these pass and the marker must go.
+OPEN = pytest.mark.xfail(strict=True, reason="open in issue 3: row counts are rounded and "
+                         "perturbed for one row per person (docs/security.md, round 17)")
 
 PLANNER = ("p.jones", "JOINT-PLANNING", "planning")
 RESEARCHER = ("r.smith", "PRJ-0077", "research")
@@ -67,6 +74,7 @@ def _small_group(raw, people: str) -> tuple[str, int]:
     return f"p.year_of_birth = {yob} AND p.sex = '{sex}' AND p.ethnicity = '{eth}'", n
 
 
+@OPEN
 def test_five_rows_per_person_do_not_count_a_small_group_exactly(server, raw):
     """a is five rows for each of the ~470 residents with exactly five GP events, b the same
     without a small (year of birth, sex, ethnicity) group: both rest on hundreds of people,
@@ -83,6 +91,7 @@ def test_five_rows_per_person_do_not_count_a_small_group_exactly(server, raw):
         f"a group of {small} people is counted exactly from one query: a = {a}, b = {b}")
 
 
+@OPEN
 def test_the_first_five_events_of_each_person_do_not_count_a_small_group_exactly(server, raw):
     """The same with windows: ROW_NUMBER() <= 5 of everyone with COUNT(*) OVER () >= 5."""
     target, small = _small_group(raw, _events(_norfolk_residents(), ">= 5"))
@@ -98,6 +107,7 @@ def test_the_first_five_events_of_each_person_do_not_count_a_small_group_exactly
         f"a group of {small} people is counted exactly from one query: a = {a}, b = {b}")
 
 
+@OPEN
 def test_five_rows_per_person_do_not_undo_the_cell_key_perturbation(server, raw):
     """cell_key: COUNT(*) over five rows per person is 5t + d with |d| <= 2, so every
     released cell divided by 5 and rounded is its exact count of people."""
