@@ -85,8 +85,11 @@ class SuppressedCell(Open):
 
 class Disclosure(Open):
     """What disclosure control did to the table. Fields beyond these depend on the regime:
-    threshold (min_people, rounding_base, dominance), cell_key (perturbation, note), dp
-    (delta_spent, epsilon_left, delta_left, accuracy, mechanism, repeat_of)."""
+    threshold (min_people, rounding_base, column_rounding_bases, dominance), cell_key
+    (perturbation, with column_max, and note), dp (delta_spent, epsilon_left, delta_left,
+    accuracy, mechanism, repeat_of). A count of rows where one person adds up to s rows is
+    rounded to rounding_base times s (column_rounding_bases), or perturbed by up to s times
+    the maximum (perturbation.column_max), with s raised to 1, 2, 5, 10, 20, ..."""
 
     regime: Literal["threshold", "cell_key", "dp"]
     epsilon_spent: float | None = Field(description="Privacy budget spent (dp only).")
@@ -102,7 +105,8 @@ _RELEASED = {
     "query_id": "c825f14301614ac68cf67105ad53586c", "status": "released",
     "columns": ["sex", "people"], "rows": [["F", 345], ["M", 345]],
     "disclosure": {"regime": "threshold", "epsilon_spent": None, "min_people": 8,
-                   "rounding_base": 5, "dominance": {"nk_n": 2, "nk_k": 0.9, "p_ratio": 0.1},
+                   "rounding_base": 5, "column_rounding_bases": {},
+                   "dominance": {"nk_n": 2, "nk_k": 0.9, "p_ratio": 0.1},
                    "suppressed": [], "rounded_columns": ["people"]},
     "policy": {"id": "joint-planning", "legal_basis": {
         "type": "copi_joint_planning",

@@ -121,9 +121,23 @@ class Pipeline:
                       tables=analysis.tables, columns=analysis.columns, today=self.today())
         return decide(facts, self.policies, self.catalogue)
 
+    def _row_bound(self, plan: Plan, record: dict[str, Any]) -> dict[int, int]:
+        """Per count column, the scale of its rounding or perturbation: the most rows one
+        person adds (see rewrite.row_bound), raised to 1, 2, 5, 10, 20, 50, ... so that the
+        figure says little about that one person."""
+        if plan.row_bound is None:
+            return {}
+        record["row_bound_sql"] = plan.row_bound.sql
+        got = self.engine.execute(plan.row_bound.sql, timeout_s=self.settings.query_timeout_s,
+                                  row_cap=1)
+        row = got.rows[0] if got.rows else [None] * len(plan.row_bound.columns)
+        return {c: _band(m) for c, m in zip(plan.row_bound.columns, row, strict=True)}
+
     def _control(self, analysis: Analysis, plan: Plan, raw: RawResult, decision: Decision,
-                 contributions: RawResult | None = None) -> dict[str, Any]:
+                 contributions: RawResult | None = None,
+                 per_person: dict[int, int] | None = None) -> dict[str, Any]:
         output = decision.obligations.output
+        per_person = per_person or {}
         width = len(plan.outputs)
         rows = [[_json_value(v) for v in row[:width]] for row in raw.rows]
         names = [o.name for o in plan.outputs]
@@ -137,11 +151,13 @@ class Pipeline:
         dominance = Dominance(output.nk_n, output.nk_k, output.p_ratio)
         if output.regime == "cell_key":
             return self._control_cell_key(analysis, plan, raw, decision, contributions,
-                                          names, rows, people, dominance)
+                                          names, rows, people, dominance, per_person)
+        bases = {c: output.rounding_base * s for c, s in per_person.items() if s > 1}
         controlled = apply_threshold(
             rows, names, [o.kind for o in plan.outputs], [o.is_count for o in plan.outputs],
             people, min_people=output.min_people, rounding_base=output.rounding_base,
             contributions=_match_contributions(plan, raw, contributions), dominance=dominance,
+            column_bases=bases,
         )
         controlled = self._secondary(analysis, plan, raw, controlled, names)
         controlled, withheld = _withhold_small_groups(
@@ -159,6 +175,8 @@ class Pipeline:
         disclosure.update(
             min_people=output.min_people,
             rounding_base=output.rounding_base,
+            # counts of rows where one person adds several: rounded to a larger base
+            column_rounding_bases={names[c]: b for c, b in sorted(bases.items())},
             dominance={"nk_n": dominance.nk_n, "nk_k": dominance.nk_k,
                        "p_ratio": dominance.p_ratio},
             suppressed=[{"row": s.row, "column": s.column, "rule": s.rule}
@@ -171,22 +189,28 @@ class Pipeline:
     def _control_cell_key(self, analysis: Analysis, plan: Plan, raw: RawResult,
                           decision: Decision, contributions: RawResult | None, names: list[str],
                           rows: list[list[Any]], people: list[list[int | None]],
-                          dominance: Dominance) -> dict[str, Any]:
+                          dominance: Dominance, per_person: dict[int, int]) -> dict[str, Any]:
         output = decision.obligations.output
         keys = [[row[i] if i is not None else None for i in plan.key_index] for row in raw.rows]
         table = PerturbationTable(output.ck_max_perturbation, output.ck_variance)
+        # a count of rows where one person adds up to s: the same table, s times as wide
+        scaled = {c: PerturbationTable(output.ck_max_perturbation * s, output.ck_variance * s * s)
+                  for c, s in per_person.items() if s > 1}
         controlled = apply_cell_key(
             rows, names, [o.kind for o in plan.outputs], _shapes(analysis), people, keys,
             min_people=output.min_people, table=table,
             magnitude_share=output.ck_magnitude_share,
-            contributions=_match_contributions(plan, raw, contributions), dominance=dominance)
+            contributions=_match_contributions(plan, raw, contributions), dominance=dominance,
+            column_tables=scaled)
         controlled, withheld = _withhold_small_groups(
             controlled, people, output.min_people, _keyed_rows(analysis, plan, raw))
         disclosure = {
             "regime": "cell_key", "epsilon_spent": None,
             "min_people": output.min_people,
             "perturbation": {"max": table.max_perturbation, "variance": table.variance,
-                             "magnitude_share": output.ck_magnitude_share},
+                             "magnitude_share": output.ck_magnitude_share,
+                             "column_max": {names[c]: t.max_perturbation
+                                            for c, t in sorted(scaled.items())}},
             "suppressed": [{"row": s.row, "column": s.column, "rule": s.rule}
                            for s in controlled.suppressed],
             "rounded_columns": [],
@@ -387,8 +411,9 @@ class Pipeline:
                         contributions = self.engine.execute(
                             plan.contributions.sql, timeout_s=self.settings.query_timeout_s,
                             row_cap=self.settings.row_cap)
+                    per_person = self._row_bound(plan, record)
                 stage = timer.enter("control")
-                body = self._control(analysis, plan, raw, decision, contributions)
+                body = self._control(analysis, plan, raw, decision, contributions, per_person)
         except GatewayError as err:
             timer.enter("audit")
             self._close(record, started, err.decision, error=err)
@@ -578,6 +603,17 @@ def _constants(analysis: Analysis) -> dict[int, Any]:
             node = analysis.tree.expressions[i].unalias()
             out[i] = node.to_py() if isinstance(node, exp.Literal) else node.sql()
     return out
+
+
+def _band(m: Any) -> int:
+    """The least of 1, 2, 5, 10, 20, 50, ... that is at least ``m``."""
+    m = max(1, math.ceil(float(m or 0)))
+    step = 1
+    while True:
+        for k in (1, 2, 5):
+            if k * step >= m:
+                return k * step
+        step *= 10
 
 
 def _keyed_rows(analysis: Analysis, plan: Plan, raw: RawResult) -> list[bool]:

@@ -118,10 +118,13 @@ def apply_cell_key(
     magnitude_share: float = 0.5,
     contributions: list[dict[int, Contribution | None]] | None = None,
     dominance: Dominance | None = None,
+    column_tables: dict[int, PerturbationTable] | None = None,
 ) -> Controlled:
     """Suppress small cells, then perturb each released cell from its cell key.
 
     ``keys[r][c]`` is the XOR of the record keys of the people behind cell (r, c).
+    ``column_tables`` gives some count columns a wider table (counts of rows where one person
+    adds several: a perturbation of 2 would divide away).
     """
     dominance = dominance or Dominance()
     out: list[list[Any]] = []
@@ -146,7 +149,8 @@ def apply_cell_key(
                 continue
             key = keys[r][c] or 0
             if shapes[c] == "count":
-                new[c] = max(0, int(value) + table.perturbation(uniform(key, int(value), "n")))
+                wide = (column_tables or {}).get(c, table)
+                new[c] = max(0, int(value) + wide.perturbation(uniform(key, int(value), "n")))
                 continue
             contribution = contributions[r].get(c) if contributions is not None else None
             why = dominance.verdict(contribution)

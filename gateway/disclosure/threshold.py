@@ -111,6 +111,7 @@ def apply_threshold(
     rounding_base: int,
     contributions: list[dict[int, Contribution | None]] | None = None,
     dominance: Dominance | None = None,
+    column_bases: dict[int, int] | None = None,
 ) -> Controlled:
     """``people[r][c]`` is the number of distinct people behind cell (r, c), None for keys.
 
@@ -118,6 +119,8 @@ def apply_threshold(
     nobody behind it is a true zero for a count and is released; for a sum or average it has no
     value (null) and is released as such. ``contributions[r][c]``, for SUM/AVG-of-measure cells,
     holds the largest per-person totals and the total: a dominated cell is suppressed.
+    ``column_bases`` rounds some count columns to a larger base (counts of rows where one
+    person adds several).
     """
     dominance = dominance or Dominance()
     hold: str | None = None
@@ -151,7 +154,7 @@ def apply_threshold(
                     suppressed.append(SuppressedCell(r, columns[c], why))
                     continue
             if is_count[c] and new[c] is not None:
-                new[c] = round_to_base(new[c], rounding_base)
+                new[c] = round_to_base(new[c], (column_bases or {}).get(c, rounding_base))
         out.append(new)
     rounded = tuple(col for col, k, cnt in zip(columns, kinds, is_count, strict=True)
                     if k == "aggregate" and cnt)

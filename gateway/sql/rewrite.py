@@ -11,7 +11,7 @@ each cell. Everything is done on the syntax tree; the SQL executed is regenerate
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 
 from sqlglot import exp
@@ -50,6 +50,16 @@ class Contributions:
 
 
 @dataclass(frozen=True)
+class RowBound:
+    """A second query: the most one person adds to each count column, over all the rows the
+    query counts (an upper bound on what they add to any one cell). One row: per column in
+    ``columns``, that maximum."""
+
+    sql: str
+    columns: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Plan:
     sql: str
     outputs: tuple[OutputColumn, ...]
@@ -65,11 +75,99 @@ class Plan:
     #: cell_key regime: per output column, the hidden column holding its cell key (the XOR of
     #: the record keys of the people behind it); the SQL then takes the secret as a parameter
     key_index: tuple[int | None, ...] = ()
+    #: the most one person adds to each count column (None: at most one, nothing to ask)
+    row_bound: RowBound | None = None
 
 
 def rewrite(
     analysis: Analysis, obligations: Obligations, catalogue: Catalogue, row_cap: int,
     top_n: int = 2, cell_keys: bool = False,
+) -> Plan:
+    plan = _rewrite(analysis, obligations, catalogue, row_cap, top_n, cell_keys)
+    if not plan.person_level:
+        return plan
+    return replace(plan, row_bound=row_bound(analysis, obligations, catalogue))
+
+
+def row_bound(analysis: Analysis, obligations: Obligations, catalogue: Catalogue
+              ) -> RowBound | None:
+    """The query that finds how many rows one person can add to each count column.
+
+    Rounding to 5 and a perturbation of at most 2 are sized for counts in which one person
+    moves a value by one. A count of rows moves by as many rows as the person has there, and
+    a query can fix that number (five rows each, by a per-person HAVING or ROW_NUMBER), which
+    makes a count of rows an exact multiple of a count of people (review round 17). Each
+    count column is regrouped by (cell, person), or by person alone under ROLLUP, CUBE and
+    GROUPING SETS, whose totals add a person's cells up: the largest value is the most anyone
+    adds to any one cell. Columns that count people, and counts over one row per person, add
+    at most one and are not asked.
+    """
+    columns = [i for i, o in enumerate(analysis.outputs)
+               if o.kind == "aggregate" and o.shape == "count"]
+    if not columns:
+        return None
+    tree = analysis.tree.copy()
+    _safe_casts(tree)
+    scopes = {id(s.expression): s for s in traverse_scope(tree)}
+    parts = []
+    asked: set[int] = set()
+    for branch in outer_selects(tree):
+        scope = scopes[id(branch)]
+        one_row_each = _one_row_per_person(scope, catalogue)
+        rowpid = _row_person(scope, catalogue)
+        select = [exp.alias_(rowpid.copy(), "__pid")]
+        for i in columns:
+            proj = branch.expressions[i].unalias()
+            if _counts_people(proj, scope, catalogue) or (one_row_each and _counts_rows(proj)):
+                select.append(exp.alias_(exp.Literal.number(1), f"__m{i}"))
+                continue
+            asked.add(i)
+            select.append(exp.alias_(proj.copy(), f"__m{i}"))
+        # per (cell, person) where the cells are plain groups; with margins, per person (a
+        # total adds up a person's rows across its cells)
+        cells = [] if analysis.margins else [
+            branch.expressions[k].unalias().copy() for k, o in enumerate(analysis.outputs)
+            if o.kind == "group_key"
+            and not isinstance(branch.expressions[k].unalias(), exp.Literal)]
+        per_person = branch.copy()
+        per_person.set("expressions", select)
+        per_person.set("group", exp.Group(expressions=[*cells, rowpid.copy()]))
+        for arg in ("order", "limit", "having", "qualify", "distinct"):
+            per_person.set(arg, None)
+        parts.append(per_person)
+    if not asked:
+        return None
+    # the branches keep the query's CTEs (a UNION's WITH sits on the root)
+    with_ = tree.args.get("with")
+    body: exp.Expression = parts[0]
+    for part in parts[1:]:
+        body = exp.Union(this=body, expression=part, distinct=False)
+    if with_ is not None and isinstance(body, exp.Union):
+        body.set("with", with_.copy())
+    inner = exp.Subquery(this=body, alias=exp.TableAlias(this=exp.to_identifier("__pp")))
+    query = exp.select(*[exp.alias_(exp.Max(this=exp.Abs(this=exp.column(f"__m{i}"))), f"__m{i}")
+                         for i in columns]).from_(inner).where(
+        exp.Not(this=exp.Is(this=exp.column("__pid"), expression=exp.Null())))
+    _filter_scans(query, obligations, catalogue)
+    return RowBound(query.sql(dialect=DIALECT), tuple(columns))
+
+
+def _counts_people(node: exp.Expression, scope: Scope, catalogue: Catalogue) -> bool:
+    """COUNT(DISTINCT person), or of a CASE giving the person key or NULL: one per person."""
+    agg = node.this if isinstance(node, exp.Filter) else node
+    if not (isinstance(agg, exp.Count) and isinstance(agg.this, exp.Distinct)):
+        return False
+    (arg,) = agg.this.expressions[:1] or [None]
+    if isinstance(arg, exp.Case):
+        results = [i.args.get("true") for i in arg.args.get("ifs") or []]
+        return all(isinstance(r, exp.Column) and is_person_key(r, scope, catalogue)
+                   for r in results if not isinstance(r, exp.Null))
+    return isinstance(arg, exp.Column) and is_person_key(arg, scope, catalogue)
+
+
+def _rewrite(
+    analysis: Analysis, obligations: Obligations, catalogue: Catalogue, row_cap: int,
+    top_n: int, cell_keys: bool,
 ) -> Plan:
     single = _single_pass(analysis, obligations, catalogue, row_cap, top_n, cell_keys)
     if single is not None:

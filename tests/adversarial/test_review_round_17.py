@@ -23,14 +23,7 @@ count of rows by as much as one person can move it): each passes.
 
 from __future__ import annotations
 
-import pytest
 from conftest import TODAY
-
-#: The first break is open (issue 3): a count of rows needs rounding or perturbation sized to
-#: the most rows one person adds to its cell, computed per (cell, person). Strict: when the fix
-#: lands these pass and the marker must go.
-OPEN = pytest.mark.xfail(strict=True, reason="open in issue 3: row counts are rounded and "
-                         "perturbed for one row per person (docs/security.md, round 17)")
 
 PLANNER = ("p.jones", "JOINT-PLANNING", "planning")
 RESEARCHER = ("r.smith", "PRJ-0077", "research")
@@ -74,7 +67,6 @@ def _small_group(raw, people: str) -> tuple[str, int]:
     return f"p.year_of_birth = {yob} AND p.sex = '{sex}' AND p.ethnicity = '{eth}'", n
 
 
-@OPEN
 def test_five_rows_per_person_do_not_count_a_small_group_exactly(server, raw):
     """a is five rows for each of the ~470 residents with exactly five GP events, b the same
     without a small (year of birth, sex, ethnicity) group: both rest on hundreds of people,
@@ -91,7 +83,6 @@ def test_five_rows_per_person_do_not_count_a_small_group_exactly(server, raw):
         f"a group of {small} people is counted exactly from one query: a = {a}, b = {b}")
 
 
-@OPEN
 def test_the_first_five_events_of_each_person_do_not_count_a_small_group_exactly(server, raw):
     """The same with windows: ROW_NUMBER() <= 5 of everyone with COUNT(*) OVER () >= 5."""
     target, small = _small_group(raw, _events(_norfolk_residents(), ">= 5"))
@@ -107,7 +98,6 @@ def test_the_first_five_events_of_each_person_do_not_count_a_small_group_exactly
         f"a group of {small} people is counted exactly from one query: a = {a}, b = {b}")
 
 
-@OPEN
 def test_five_rows_per_person_do_not_undo_the_cell_key_perturbation(server, raw):
     """cell_key: COUNT(*) over five rows per person is 5t + d with |d| <= 2, so every
     released cell divided by 5 and rounded is its exact count of people."""
@@ -159,3 +149,22 @@ def test_order_by_all_does_not_rank_suppressed_cells(server, raw):
     shown = [e for n, _, e in rows if n is None and e in by_size]
     assert shown != by_size, (
         f"the suppressed cells of {year} come back ranked by their exact sizes: {by_size}")
+
+
+# -- how the fix scales the control --------------------------------------------------------------
+
+def test_a_count_of_rows_is_rounded_to_the_base_times_the_most_one_person_adds(server, raw):
+    """GP events by code: the base is 5 times the most events one person has in one code,
+    raised to 1, 2, 5, 10, 20, ...; a count of people beside it stays at 5."""
+    sql = ("SELECT e.snomed_code, COUNT(*) AS events, COUNT(DISTINCT e.person_id) AS people "
+           "FROM gp_events e GROUP BY e.snomed_code")
+    body = server.released(server.query(*PLANNER[:1], sql, *PLANNER[1:]), PLANNER[0])
+    (most,) = raw.execute(
+        f"SELECT MAX(n) FROM (SELECT e.snomed_code, e.person_id, COUNT(*) AS n FROM gp_events e "
+        f"WHERE e.person_id IN (SELECT person_id FROM ({_norfolk_residents()})) GROUP BY 1, 2)"
+    ).fetchone()
+    band = next(k * 10 ** e for e in range(6) for k in (1, 2, 5) if k * 10 ** e >= most)
+    assert most > 1, "someone has several events of one code (else this tests nothing)"
+    assert body["disclosure"]["column_rounding_bases"] == {"events": 5 * band}
+    assert all(r[1] is None or r[1] % (5 * band) == 0 for r in body["rows"])
+    assert all(r[2] is None or r[2] % 5 == 0 for r in body["rows"])
