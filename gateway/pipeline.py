@@ -121,10 +121,13 @@ class Pipeline:
                       tables=analysis.tables, columns=analysis.columns, today=self.today())
         return decide(facts, self.policies, self.catalogue)
 
-    def _row_bound(self, plan: Plan, record: dict[str, Any]) -> dict[int, int]:
+    def _row_bound(self, plan: Plan, raw: RawResult, record: dict[str, Any]) -> dict[int, int]:
         """Per count column, the scale of its rounding or perturbation: the most rows one
         person adds (see rewrite.row_bound), raised to 1, 2, 5, 10, 20, 50, ... so that the
         figure says little about that one person."""
+        if plan.row_max_index:  # found by the single pass, per cell: the column's largest
+            return {c: _band(max((row[h] for row in raw.rows if row[h] is not None),
+                                 default=0)) for c, h in plan.row_max_index}
         if plan.row_bound is None:
             return {}
         record["row_bound_sql"] = plan.row_bound.sql
@@ -411,7 +414,7 @@ class Pipeline:
                         contributions = self.engine.execute(
                             plan.contributions.sql, timeout_s=self.settings.query_timeout_s,
                             row_cap=self.settings.row_cap)
-                    per_person = self._row_bound(plan, record)
+                    per_person = self._row_bound(plan, raw, record)
                 stage = timer.enter("control")
                 body = self._control(analysis, plan, raw, decision, contributions, per_person)
         except GatewayError as err:

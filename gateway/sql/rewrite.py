@@ -77,6 +77,9 @@ class Plan:
     key_index: tuple[int | None, ...] = ()
     #: the most one person adds to each count column (None: at most one, nothing to ask)
     row_bound: RowBound | None = None
+    #: single pass: (count column, hidden column) pairs holding, per cell, the most one
+    #: person adds to it (in place of the row_bound query)
+    row_max_index: tuple[tuple[int, int], ...] = ()
 
 
 def rewrite(
@@ -84,7 +87,7 @@ def rewrite(
     top_n: int = 2, cell_keys: bool = False,
 ) -> Plan:
     plan = _rewrite(analysis, obligations, catalogue, row_cap, top_n, cell_keys)
-    if not plan.person_level:
+    if not plan.person_level or plan.row_max_index:
         return plan
     return replace(plan, row_bound=row_bound(analysis, obligations, catalogue))
 
@@ -527,8 +530,16 @@ def _single_pass(
     """
     outputs = analysis.outputs
     measures = [i for i, o in enumerate(outputs) if o.shape == "measure"]
-    if not measures or not isinstance(analysis.tree, exp.Select) or analysis.margins:
+    if not isinstance(analysis.tree, exp.Select) or analysis.margins:
         return None
+    counts = [i for i, o in enumerate(outputs) if o.kind == "aggregate" and o.shape == "count"]
+    if not measures:  # worth a regrouping only if some count can take several rows a person
+        top = next(s for s in traverse_scope(analysis.tree) if s.expression is analysis.tree)
+        one_row_each = not cell_keys and _one_row_per_person(top, catalogue)
+        if not any(not _counts_people(p := analysis.tree.expressions[i].unalias(), top,
+                                      catalogue) and not (one_row_each and _counts_rows(p))
+                   for i in counts):
+            return None
     if not any((t := catalogue.table(n)) and t.kind is TableKind.PERSON_LEVEL
                for n in analysis.tables):
         return None
@@ -622,7 +633,11 @@ def _single_pass(
     for arg in ("order", "limit"):
         tree.set(arg, None)
     _filter_scans(tree, obligations, catalogue)
-    query = exp.select(*outer, *people, *tops, *cell_keys_sql).from_(
+    # per cell, the most one person adds to each count column (see row_bound)
+    row_max = [exp.alias_(exp.Max(this=exp.Abs(this=exp.column(
+        f"__s{i}" if isinstance(aggs[i][0], exp.Sum) else f"__c{i}"))), f"__rows{i}")
+        for i in counts]
+    query = exp.select(*outer, *people, *tops, *cell_keys_sql, *row_max).from_(
         exp.Subquery(this=tree, alias=exp.TableAlias(this=exp.to_identifier("__pp"))))
     if keys:
         query = query.group_by(*[exp.column(f"__k{i}") for i in keys])
@@ -644,5 +659,7 @@ def _single_pass(
     start = len(outputs) + len(agg_ids) + len(tops)
     for n, i in enumerate(agg_ids):
         key_index[i] = start + n
+    first_max = start + len(cell_keys_sql)
     return Plan(query.sql(dialect=DIALECT), outputs, tuple(people_index), True, row_cap,
-                contributions, key_index=tuple(key_index) if cell_keys else ())
+                contributions, key_index=tuple(key_index) if cell_keys else (),
+                row_max_index=tuple((i, first_max + n) for n, i in enumerate(counts)))
