@@ -2,8 +2,8 @@
 
 Counted as control: everything the executed SQL does beyond the caller's own query with the
 row filters applied (hidden people and GROUPING columns, the per-person partials of a
-single-pass plan), the separate contributions query where there is one, and the control stage
-itself (thresholds, dominance, secondary suppression).
+single-pass plan), the separate contributions and row-bound queries where there are ones,
+and the control stage itself (thresholds, dominance, secondary suppression).
 
     .venv/bin/python bench/disclosure_overhead.py [--persons 1000000] [--repeats 3]
 """
@@ -82,6 +82,7 @@ def main() -> None:
         resp = live.query(None, sql, "JOINT-PLANNING", "planning", token=token)
         entry = live.entry_for(resp)
         executed, contrib = entry["executed_sql"], entry.get("contributions_sql")
+        bound = entry.get("row_bound_sql")
         control_time.clear()
         e2e = timed(lambda sql=sql: live.query(None, sql, "JOINT-PLANNING", "planning",
                                                 token=token), args.repeats)
@@ -89,7 +90,8 @@ def main() -> None:
         with_h = engine_time(pipeline.engine, executed, args.repeats)
         plain = engine_time(pipeline.engine, filtered_only(pipeline, sql), args.repeats)
         dom = engine_time(pipeline.engine, contrib, args.repeats) if contrib else 0.0
-        control = stage + max(0.0, with_h - plain) + dom
+        rb = engine_time(pipeline.engine, bound, args.repeats) if bound else 0.0
+        control = stage + max(0.0, with_h - plain) + dom + rb
         shares.append(control / e2e)
         rows.append((name, e2e, control))
         print(f"  [{i:2}/{len(REALISTIC)}] {name[:52]:52} {e2e * 1e3:7.1f} ms, control "

@@ -5,7 +5,8 @@
 Per query, interleaved round by round so machine noise hits all three alike:
   raw      the analyst's SQL in DuckDB on the same data (no filters)
   raw+rw   the gateway's rewritten SQL (residence and opt-out filters, hidden people counts,
-           dominance contributions) in DuckDB directly: the cost of the policy itself
+           dominance contributions, the per-person row bound) in DuckDB directly: the cost of
+           the policy itself
   gateway  POST /v1/queries over HTTP as p.jones (Norfolk, JOINT-PLANNING), the whole pipeline
 The queries come from tests/spec/realistic_queries.py (the gallery the tests check cell by cell).
 """
@@ -64,8 +65,8 @@ def main() -> None:
         resp = live.query(None, sql, "JOINT-PLANNING", "planning", token=token)
         assert resp.status_code == 200, (name, resp.text)
         entry = live.entry_for(resp)
-        rewritten[name] = [entry["executed_sql"]] + (
-            [entry["contributions_sql"]] if entry.get("contributions_sql") else [])
+        rewritten[name] = [entry["executed_sql"]] + [
+            entry[k] for k in ("contributions_sql", "row_bound_sql") if entry.get(k)]
     times = {name: {"raw": [], "raw+rw": [], "gateway": []} for name in queries}
     for r in range(args.rounds):
         print(f"  round {r + 1}/{args.rounds}", flush=True)
