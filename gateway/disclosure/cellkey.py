@@ -141,6 +141,10 @@ def apply_cell_key(
                 suppressed.append(SuppressedCell(r, columns[c],
                                                  f"small_cell: fewer than {min_people} people"))
                 continue
+            if n == 0 and value not in (None, 0):
+                new[c] = None  # a value with no one behind it (review round 18)
+                suppressed.append(SuppressedCell(r, columns[c], "no person behind a value"))
+                continue
             if value is None or n == 0:
                 continue  # a true zero (or an empty sum) stays as it is
             if isinstance(value, float) and not math.isfinite(value):

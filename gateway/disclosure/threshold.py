@@ -140,6 +140,12 @@ def apply_threshold(
                     SuppressedCell(r, columns[c], f"small_cell: fewer than {min_people} people")
                 )
                 continue
+            if n == 0 and new[c] not in (None, 0):
+                # a value with no one behind it: rows the gateway could not tie to a person
+                # (review round 18). Never released, whatever made it.
+                new[c] = None
+                suppressed.append(SuppressedCell(r, columns[c], "no person behind a value"))
+                continue
             if isinstance(new[c], float) and not math.isfinite(new[c]):
                 new[c] = None
                 suppressed.append(SuppressedCell(r, columns[c], "not a finite number"))

@@ -271,6 +271,11 @@ def _parse(sql: str) -> list[exp.Expression]:
         raise SqlRejected("the SQL is nested too deeply", code="sql_too_deep") from None
     except SqlglotError as exc:
         raise SqlParseError(f"the SQL does not parse: {exc}") from None
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError):
+        # the parser's own defect on malformed text (the fuzz found '?[/'): still malformed
+        # SQL to the caller, a 400 and not a 500
+        raise SqlParseError("the SQL does not parse",
+                            hint="check the SQL near any unusual characters") from None
     statements = [s for s in parsed if s is not None]
     for statement in statements:  # a comment is no part of a query's meaning
         for node in statement.walk():

@@ -26,6 +26,7 @@ from gateway.sql.analysis import (
     Analysis,
     OutputColumn,
     is_person_key,
+    may_be_null,
     outer_selects,
     padded_sources,
 )
@@ -351,6 +352,15 @@ def _row_person(scope: Scope, catalogue: Catalogue) -> exp.Expression:
             hint="when the outer query reads a subquery or CTE, include person_id in its output "
             "so that the people behind each cell can be counted",
         )
+    if all(may_be_null(c, scope, catalogue) for c in candidates):
+        # Rows of no one (an outer join padding the people, here or in a derived table) are
+        # counted in a value but behind no cell: known pads, or a cell of "no one" holding
+        # one person's rows (review round 18). Every row must belong to a person.
+        raise SqlRejected(
+            "some rows of the outer query may belong to no one: an outer join pads the people "
+            "with NULLs, so their person_id is NULL",
+            hint="start FROM the people (patients p LEFT JOIN lsoa_lookup l ...), use an inner "
+            "join, or add WHERE <alias>.person_id IS NOT NULL")
     return candidates[0] if len(candidates) == 1 else exp.Coalesce(
         this=candidates[0], expressions=candidates[1:]
     )
@@ -615,7 +625,8 @@ def _single_pass(
                                                   expression=exp.Literal.number(0)))
         outer.append(exp.alias_(value, names[i], quoted=True))
         who = f"__n{i}" if isinstance(agg, exp.Sum) else f"__c{i}"
-        behind = exp.GT(this=exp.column(who), expression=exp.Literal.number(0))
+        behind = exp.and_(exp.GT(this=exp.column(who), expression=exp.Literal.number(0)),
+                          exp.Not(this=exp.Is(this=exp.column("__pid"), expression=exp.Null())))
         people.append(exp.alias_(filtered(exp.Count(this=exp.Star()), behind),
                                  f"{HIDDEN_PREFIX}{i}"))
         if cell_keys:  # one (cell, person) row per person: no DISTINCT needed
