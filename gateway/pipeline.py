@@ -196,15 +196,25 @@ class Pipeline:
         output = decision.obligations.output
         keys = [[row[i] if i is not None else None for i in plan.key_index] for row in raw.rows]
         table = PerturbationTable(output.ck_max_perturbation, output.ck_variance)
-        # a count of rows where one person adds up to s: the same table, s times as wide
+        # a count of rows where one person adds up to s: the same table, s times as wide; past
+        # CK_MAX_SCALE the counts would be noise, and the table too large (review round 19)
         scaled = {c: PerturbationTable(output.ck_max_perturbation * s, output.ck_variance * s * s)
-                  for c, s in per_person.items() if s > 1}
+                  for c, s in per_person.items() if 1 < s <= CK_MAX_SCALE}
+        too_wide = {c for c, s in per_person.items() if s > CK_MAX_SCALE}
         controlled = apply_cell_key(
             rows, names, [o.kind for o in plan.outputs], _shapes(analysis), people, keys,
             min_people=output.min_people, table=table,
             magnitude_share=output.ck_magnitude_share,
             contributions=_match_contributions(plan, raw, contributions), dominance=dominance,
             column_tables=scaled)
+        if too_wide:
+            cut = [SuppressedCell(r, names[c], f"one person adds more than {CK_MAX_SCALE} rows "
+                                  "to a cell of this column")
+                   for r, row in enumerate(controlled.rows) for c in sorted(too_wide)
+                   if row[c] is not None]
+            for cell in cut:
+                controlled.rows[cell.row][names.index(cell.column)] = None
+            controlled = replace(controlled, suppressed=controlled.suppressed + tuple(cut))
         controlled, withheld = _withhold_small_groups(
             controlled, people, output.min_people, _keyed_rows(analysis, plan, raw))
         disclosure = {
@@ -606,6 +616,10 @@ def _constants(analysis: Analysis) -> dict[int, Any]:
             node = analysis.tree.expressions[i].unalias()
             out[i] = node.to_py() if isinstance(node, exp.Literal) else node.sql()
     return out
+
+
+#: cell_key: the widest scale of the perturbation table for a count of rows (D x 100)
+CK_MAX_SCALE = 100
 
 
 def _band(m: Any) -> int:

@@ -29,6 +29,7 @@ import math
 import os
 import secrets
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ class PerturbationTable:
         return items[-1][0]
 
 
+@lru_cache(maxsize=64)  # built once per (D, V), not once per cell (review round 19)
 def _table(d: int, variance: float) -> dict[int, float]:
     support = range(-d, d + 1)
 

@@ -38,36 +38,62 @@ Relation = tuple[int, list[int]]  # (margin row, the rows it sums)
 
 
 def relations(shapes: Sequence[RowShape]) -> list[Relation]:
-    """Each margin row equals the sum of the rows one level down that agree with it."""
+    """Each margin row equals the sum of the rows one level down that agree with it.
+
+    Rows are indexed by (family, rolled columns, the key values on the columns a parent keeps),
+    so that a large ROLLUP is matched in linear time, not by comparing every pair of rows."""
+    index: dict[tuple, list[int]] = {}
+    width = len(shapes[0].keys) if shapes else 0
+    for s, ss in enumerate(shapes):
+        for k in range(width):
+            if k in ss.rolled:
+                continue
+            parent_rolled = ss.rolled | {k}
+            kept = tuple(_hashable(ss.keys[j]) for j in range(width) if j not in parent_rolled)
+            index.setdefault((ss.family, parent_rolled, k, kept), []).append(s)
     out: list[Relation] = []
     for p, ps in enumerate(shapes):
+        kept = tuple(_hashable(ps.keys[j]) for j in range(width) if j not in ps.rolled)
         for k in ps.rolled:
-            below = ps.rolled - {k}
-            children = [
-                s for s, ss in enumerate(shapes)
-                if s != p and ss.family == ps.family and ss.rolled == below
-                and all(_same(ss.keys[j], ps.keys[j]) for j in range(len(ps.keys))
-                        if j not in ps.rolled)
-            ]
+            children = [s for s in index.get((ps.family, ps.rolled, k, kept), []) if s != p]
             if children:
                 out.append((p, children))
     return out
 
 
-def _same(a, b) -> bool:
-    """Equal as the engine groups them: NaN is one group there, but not equal to itself in
-    Python, which would cut a margin off from its NaN details."""
-    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+_NAN = ("nan",)  # NaN is one group in the engine, and not equal to itself in Python
+
+
+def _hashable(v):
+    return _NAN if isinstance(v, float) and v != v else v
+
+
+#: Past this many suppressed cells or relations, the search below (a matrix rank per cell,
+#: per step) would take minutes (review round 19): every margin is suppressed instead.
+MAX_SEARCH_CELLS = 60
+MAX_SEARCH_RELATIONS = 400
 
 
 def protect(values: Sequence[float | None], suppressed: set[int],
             rels: list[Relation]) -> set[int]:
-    """The rows to suppress as well, so that no suppressed row of this column is recoverable."""
+    """The rows to suppress as well, so that no suppressed row of this column is recoverable.
+
+    For a large table, every margin row of a relation is suppressed instead: with all margins
+    unknown, any values of the hidden cells fit them, so none can be solved for."""
     primary = set(suppressed)
     hidden = set(suppressed)
     added: set[int] = set()
     if not primary or not rels:
         return added
+    if len(primary) > MAX_SEARCH_CELLS or len(rels) > MAX_SEARCH_RELATIONS:
+        margins = {p for p, _ in rels if p not in primary and values[p] is not None}
+        # a suppressed margin whose details are all released would be their sum: one goes too
+        for p, children in rels:
+            if p in primary and not any(c in primary or c in margins for c in children):
+                open_ = [c for c in children if values[c] is not None]
+                if open_:
+                    margins.add(min(open_, key=lambda c: (abs(values[c]), c)))
+        return margins
 
     def cheapest(cells: list[int], parent: int) -> int | None:
         open_ = [c for c in cells if c not in hidden and values[c] is not None]

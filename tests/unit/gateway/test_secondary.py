@@ -94,3 +94,37 @@ def test_a_nan_key_still_relates_a_subtotal_to_its_details():
     assert (3, [0, 1, 2]) in rels
     extra = protect([v for _, v in cells], {0}, rels)
     assert 2 in extra  # the NaN subtotal would otherwise give the 3 away
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(8, 14), st.integers(8, 12), st.randoms(use_true_random=False))
+def test_a_large_cube_takes_the_quick_way_and_still_protects_every_cell(na, nb, rnd):
+    """Past MAX_SEARCH_CELLS the search (a matrix rank per cell, per step) took minutes on a
+    real ROLLUP (review round 19); every margin is suppressed instead. No primary cell may be
+    solvable from what is released, and it must be quick."""
+    import time
+
+    from gateway.disclosure import secondary
+
+    details = {(a, b): rnd.choice([rnd.randint(0, 7), rnd.randint(0, 60)])
+               for a in range(na) for b in range(nb)}
+    cells = dict(details)
+    for a in range(na):
+        cells[(a, None)] = sum(details[(a, b)] for b in range(nb))
+    for b in range(nb):
+        cells[(None, b)] = sum(details[(a, b)] for a in range(na))
+    cells[(None, None)] = sum(details.values())
+    rows = list(cells.items())
+    # the small details, and then the smallest others, until past the limit
+    by_size = sorted((v, r) for r, (key, v) in enumerate(rows) if None not in key)
+    primary = {r for v, r in by_size[:secondary.MAX_SEARCH_CELLS + 1]}
+    primary |= {r for r, (_, v) in enumerate(rows) if 0 < v < K}
+    assert len(primary) > secondary.MAX_SEARCH_CELLS
+    shapes = [RowShape(0, frozenset(j for j in (0, 1) if key[j] is None), key)
+              for key, _ in rows]
+    t0 = time.perf_counter()
+    added = protect([v for _, v in rows], primary, relations(shapes))
+    assert time.perf_counter() - t0 < 2.0
+    hidden = primary | added
+    eqs = system(rows)
+    assert not any(solvable(c, hidden, eqs) for c in primary)
