@@ -13,6 +13,17 @@ from gateway.disclosure.threshold import apply_threshold
 K, BASE = 8, 5
 
 
+def with_margins(details: dict, na: int, nb: int) -> list:
+    """The CUBE's rows: the details, then row totals, column totals and the grand total."""
+    cells = dict(details)
+    for a in range(na):
+        cells[(a, None)] = sum(details[(a, b)] for b in range(nb))
+    for b in range(nb):
+        cells[(None, b)] = sum(details[(a, b)] for a in range(na))
+    cells[(None, None)] = sum(details.values())
+    return list(cells.items())
+
+
 @st.composite
 def cube_tables(draw):
     """A CUBE (a, b) result: details, row totals, column totals, grand total; one person a row
@@ -20,13 +31,7 @@ def cube_tables(draw):
     na, nb = draw(st.integers(2, 5)), draw(st.integers(2, 5))
     details = {(a, b): draw(st.one_of(st.integers(0, 9), st.integers(0, 60)))
                for a in range(na) for b in range(nb)}
-    cells = dict(details)
-    for a in range(na):
-        cells[(a, None)] = sum(details[(a, b)] for b in range(nb))
-    for b in range(nb):
-        cells[(None, b)] = sum(details[(a, b)] for a in range(na))
-    cells[(None, None)] = sum(details.values())
-    return na, nb, list(cells.items())
+    return na, nb, with_margins(details, na, nb)
 
 
 def system(rows):
@@ -108,13 +113,7 @@ def test_a_large_cube_takes_the_quick_way_and_still_protects_every_cell(na, nb, 
 
     details = {(a, b): rnd.choice([rnd.randint(0, 7), rnd.randint(0, 60)])
                for a in range(na) for b in range(nb)}
-    cells = dict(details)
-    for a in range(na):
-        cells[(a, None)] = sum(details[(a, b)] for b in range(nb))
-    for b in range(nb):
-        cells[(None, b)] = sum(details[(a, b)] for a in range(na))
-    cells[(None, None)] = sum(details.values())
-    rows = list(cells.items())
+    rows = with_margins(details, na, nb)
     # the small details, and then the smallest others, until past the limit
     by_size = sorted((v, r) for r, (key, v) in enumerate(rows) if None not in key)
     primary = {r for v, r in by_size[:secondary.MAX_SEARCH_CELLS + 1]}
