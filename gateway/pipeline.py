@@ -29,7 +29,7 @@ from gateway.auth import TokenVerifier
 from gateway.budget import BudgetLedger, LedgerUnavailable
 from gateway.disclosure import dp
 from gateway.disclosure.cellkey import SECRET_PARAM, PerturbationTable, apply_cell_key
-from gateway.disclosure.secondary import RowShape, protect, relations
+from gateway.disclosure.secondary import MAX_SEARCH_WORK, RowShape, protect, relations
 from gateway.disclosure.threshold import (
     Controlled,
     Dominance,
@@ -516,12 +516,15 @@ class Pipeline:
             return controlled
         rows = [list(r) for r in controlled.rows]
         extra = []
-        for c, out in enumerate(plan.outputs):
-            if out.kind != "aggregate" or not out.additive:
-                continue
+        additive = [c for c, out in enumerate(plan.outputs)
+                    if out.kind == "aggregate" and out.additive]
+        work = sum(len({s.row for s in controlled.suppressed if s.column == names[c]})
+                   for c in additive) * len(rels)
+        quick = work > MAX_SEARCH_WORK  # bounded work per request, not only per column
+        for c in additive:
             hidden = {s.row for s in controlled.suppressed if s.column == names[c]}
             values = [raw.rows[r][c] for r in range(len(rows))]
-            for r in sorted(protect(values, hidden, rels)):
+            for r in sorted(protect(values, hidden, rels, quick=quick)):
                 rows[r][c] = None
                 extra.append(SuppressedCell(r, names[c], "secondary: protects a suppressed "
                                             "cell from recovery through the margins"))

@@ -17,7 +17,7 @@ from datetime import date
 from sqlglot import exp
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
-from datasets import Catalogue, TableKind
+from datasets import Catalogue, ColumnClass, TableKind
 from datasets.catalogue import NEVER_QUERYABLE
 from gateway.disclosure.cellkey import SECRET_PARAM
 from gateway.errors import SqlRejected
@@ -25,6 +25,7 @@ from gateway.sql.analysis import (
     DIALECT,
     Analysis,
     OutputColumn,
+    bare_origin,
     is_person_key,
     may_be_null,
     outer_selects,
@@ -425,7 +426,9 @@ def _people_for(
         counted: exp.Expression = exp.Count(this=exp.Distinct(expressions=[args[0].copy()]))
     else:
         conds = [exp.Not(this=exp.Is(this=a.copy(), expression=exp.Null())) for a in args]
-        if isinstance(agg, exp.Sum) and args:
+        if isinstance(agg, exp.Sum) and args and not _is_measure(args[0], scope, catalogue):
+            # a sum of a 0/1 indicator counts the people with a 1; a measure's 0 is a value,
+            # and the person holding it is behind the cell (review round 20)
             conds.append(exp.NEQ(this=args[0].copy(), expression=exp.Literal.number(0)))
         person = rowpid.copy()
         if conds:
@@ -434,6 +437,11 @@ def _people_for(
     if isinstance(agg.parent, exp.Filter):
         return exp.Filter(this=counted, expression=agg.parent.expression.copy())
     return counted
+
+
+def _is_measure(arg: exp.Expression, scope: Scope, catalogue: Catalogue) -> bool:
+    origin = bare_origin(arg, scope, catalogue) if isinstance(arg, exp.Column) else None
+    return bool(origin and origin[1].cls is ColumnClass.MEASURE)
 
 
 def _safe_casts(tree: exp.Expression) -> None:
@@ -624,7 +632,7 @@ def _single_pass(
                             expression=exp.Nullif(this=exp.Sum(this=exp.column(f"__c{i}")),
                                                   expression=exp.Literal.number(0)))
         outer.append(exp.alias_(value, names[i], quoted=True))
-        who = f"__n{i}" if isinstance(agg, exp.Sum) else f"__c{i}"
+        who = f"__n{i}" if isinstance(agg, exp.Sum) and i not in measures else f"__c{i}"
         behind = exp.and_(exp.GT(this=exp.column(who), expression=exp.Literal.number(0)),
                           exp.Not(this=exp.Is(this=exp.column("__pid"), expression=exp.Null())))
         people.append(exp.alias_(filtered(exp.Count(this=exp.Star()), behind),
