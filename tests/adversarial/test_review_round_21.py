@@ -1,0 +1,140 @@
+"""The breaks of review round 21, kept as tests (docs/security.md lists every round).
+
+**Many rows average the rounding away, as many columns did.** Round 20 capped a query at 20
+aggregate columns, because 163 pairs of count columns over sets differing by the same small
+group G averaged the rounding (or the cell-key perturbation) away. The cap counts columns,
+not cells: one count column under ``GROUP BY GROUPING SETS ((1), (2), ..., (400))`` over 400
+boolean keys, ``(cut OR g)`` and ``(cut AND NOT g)`` for 200 cuts of the people (years of
+birth, registration dates), releases 400 cells, each rounded on its own. For each cut, the
+TRUE rows of its two keys count ``cut + G`` and ``cut - G``, and the FALSE rows count the two
+complements, which differ by G as well: 380 or so pairs in one query of 9,000 characters,
+every cell resting on hundreds of people, nothing suppressed. As in round 20, the share of
+pairs whose difference is 5 higher is ``(t % 5) / 5`` and pins the size of G (raw: 1, 2, 3, 6
+and 7 people, each pinned exactly by one query); under ``cell_key`` the mean difference of
+430 perturbed pairs is G's size to within 0.1.
+
+A fix may refuse such a query (a 4xx), or answer it safely: each passes.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from datetime import date
+
+import httpx
+
+PLANNER = ("p.jones", "JOINT-PLANNING", "planning")
+RESEARCHER = ("r.smith", "PRJ-0077", "research")
+NORFOLK = "E10000020"
+
+
+def _norfolk_residents() -> str:
+    """The Norfolk planner's people, by hand: residents, not opted out."""
+    return (f"SELECT * FROM patients WHERE local_authority_code = '{NORFOLK}' AND person_id "
+            "NOT IN (SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
+
+
+def _cohort() -> str:
+    """The researcher's people, by hand: the FRAILTY-2025 consented cohort."""
+    today = date(2026, 11, 23).isoformat()
+    return ("SELECT * FROM patients WHERE person_id IN (SELECT person_id FROM study_consents "
+            f"WHERE study_id = 'FRAILTY-2025' AND consented_on <= DATE '{today}' AND "
+            f"(withdrawn_on IS NULL OR withdrawn_on > DATE '{today}'))")
+
+
+def _query(server, who: tuple[str, str, str], sql: str) -> httpx.Response:
+    sub, project, purpose = who
+    return server.query(sub, sql, project, purpose)
+
+
+def _cuts(first_year: int, last_year: int, day_step: int, n: int) -> list[str]:
+    """Distinct cuts of the people: by year of birth, then by days registered since 1990."""
+    return ([f"y > {y}" for y in range(first_year, last_year)]
+            + [f"d > {d}" for d in range(1900, 13200, day_step)])[:n]
+
+
+def _grouping_sets_query(yob: int, practice: str, cuts: list[str]) -> str:
+    """One count column; per cut, two boolean keys whose TRUE (and FALSE) cells differ by
+    exactly the people of G (born in ``yob`` at ``practice``), each key its own grouping set."""
+    group = f"p.year_of_birth = {yob} AND p.practice_code = '{practice}'"
+    keys = []
+    for cut in cuts:
+        keys += [f"({cut} OR g)", f"({cut} AND NOT g)"]
+    sets = ", ".join(f"({i + 1})" for i in range(len(keys)))
+    sql = (f"SELECT {', '.join(keys)}, COUNT(*) AS n FROM (SELECT p.person_id, "
+           "p.year_of_birth AS y, DATE_DIFF('day', DATE '1990-01-01', p.registration_date) AS d, "
+           f"{group} AS g FROM patients p) t GROUP BY GROUPING SETS ({sets})")
+    assert len(sql) < 20_000
+    return sql
+
+
+def _differences(resp: httpx.Response, n_keys: int) -> list[int] | None:
+    """The released differences of each pair of cells, or None if the query was refused."""
+    assert resp.status_code < 500, resp.text
+    if resp.status_code != 200:
+        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+        return None
+    body = resp.json()
+    if body["status"] != "released":
+        return None
+    cell: dict[tuple[int, bool], int] = {}
+    for row in body["rows"]:
+        keyed = [i for i in range(n_keys) if row[i] is not None]
+        if len(keyed) == 1 and row[n_keys] is not None:
+            cell[(keyed[0], row[keyed[0]])] = row[n_keys]
+    diffs = []
+    for i in range(0, n_keys, 2):
+        # TRUE: (cut or G) - (cut and not G); FALSE: not (cut and not G) - not (cut or G)
+        for bigger, smaller in (((i, True), (i + 1, True)), ((i + 1, False), (i, False))):
+            if bigger in cell and smaller in cell:
+                diffs.append(cell[bigger] - cell[smaller])
+    return diffs
+
+
+def _small_groups(raw, people: str, sizes: tuple[int, ...]) -> dict[int, tuple[int, str]]:
+    """One (year of birth, practice) group of each size, among ``people``."""
+    found = raw.execute(f"""
+        SELECT year_of_birth, practice_code, COUNT(*) AS n FROM ({people})
+        GROUP BY ALL ORDER BY 1, 2""").fetchall()
+    out: dict[int, tuple[int, str]] = {}
+    for yob, practice, n in found:
+        if n in sizes:
+            out.setdefault(n, (yob, practice))
+    assert set(out) == set(sizes), "the shape this test needs (checked on raw data)"
+    return out
+
+
+def test_many_rounded_rows_of_grouping_sets_pin_a_small_group(server, raw):
+    """Threshold regime: one count column over 400 one-key grouping sets gives about 380
+    pairs of cells differing by the same small group; the share of pairs 5 apart more than
+    the least pins the group's size (raw: 1, 3, 6 and 7 people) exactly, in one query each."""
+    cuts = _cuts(1921, 2024, 60, 200)
+    pinned = {}
+    for size, (yob, practice) in _small_groups(raw, _norfolk_residents(), (1, 3, 6, 7)).items():
+        diffs = _differences(_query(server, PLANNER, _grouping_sets_query(yob, practice, cuts)),
+                             2 * len(cuts))
+        if not diffs:
+            return
+        seen = Counter(diffs)
+        low = min(seen)
+        pinned[size] = low + round(5 * seen[low + 5] / len(diffs))
+    assert any(guess != size for size, guess in pinned.items()), (
+        f"one query each pinned small groups of 1 to 7 people exactly (true: guessed): {pinned}")
+
+
+def test_many_perturbed_rows_of_grouping_sets_pin_a_small_group(server, raw):
+    """cell_key (min 10 people): the same query over the consented cohort gives about 430
+    pairs of perturbed cells; their mean difference is the group's size (raw: 1 and 2)."""
+    first, last = raw.execute(f"SELECT MIN(year_of_birth), MAX(year_of_birth) "
+                              f"FROM ({_cohort()})").fetchone()
+    cuts = _cuts(first, last, 50, 220)
+    pinned = {}
+    for size, (yob, practice) in _small_groups(raw, _cohort(), (1, 2)).items():
+        diffs = _differences(_query(server, RESEARCHER,
+                                    _grouping_sets_query(yob, practice, cuts)), 2 * len(cuts))
+        if not diffs:
+            return
+        pinned[size] = round(statistics.mean(diffs))
+    assert any(guess != size for size, guess in pinned.items()), (
+        f"one query each pinned small groups exactly under cell_key (true: guessed): {pinned}")
