@@ -65,6 +65,9 @@ ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset({
 MARGINS = (exp.Rollup, exp.Cube, exp.GroupingSets)
 #: The most aggregate columns one query may release (see analyse)
 MAX_AGGREGATE_COLUMNS = 20
+#: The most cells of one result a person's rows may fall in: aggregate columns times grouping
+#: sets (ROLLUP of n keys: n + 1, CUBE: 2^n) or UNION branches
+MAX_CELLS_PER_PERSON = 32
 _T = exp.DataType.Type
 #: Types a CAST may produce: the ones the released table can carry as plain JSON. (sqlglot
 #: reads DuckDB's TIMESTAMP as TIMESTAMPNTZ; a time zone is not among them.)
@@ -166,6 +169,15 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
         raise SqlRejected(
             f"the query has {aggregates} aggregate columns; at most {MAX_AGGREGATE_COLUMNS} are "
             "allowed in one query", hint="split the table into several queries")
+    cells = aggregates * sum(_grouping_sets(q) for q in outers)
+    if cells > MAX_CELLS_PER_PERSON:
+        # One person is in one cell per column per grouping set (or UNION branch): that many
+        # separately rounded or perturbed cells. Sets that differ by one small group, by the
+        # hundred, average the draws away as columns did (review round 21).
+        raise SqlRejected(
+            f"one person's rows would be in {cells} cells of the result (aggregate columns "
+            "times grouping sets or UNION branches); at most "
+            f"{MAX_CELLS_PER_PERSON} are allowed", hint="split the table into several queries")
     _check_union_order(qualified, outers)
     _check_measure_filters(qualified, outers, catalogue)
     margins = any(isinstance(g, MARGINS) for q in outers
@@ -176,6 +188,20 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
     return Analysis(sql, qualified, frozenset(tables), tuple(columns), outputs,
                     tuple(tuple(o.kind for o in b) for b in per_branch),
                     tuple(_rows_sql(q) for q in outers), margins)
+
+
+def _grouping_sets(select: exp.Select) -> int:
+    """How many grouping sets a select's GROUP BY makes: a person is in one row of each."""
+    group = select.args.get("group")
+    n = 1
+    for g in group.expressions if group is not None else []:
+        if isinstance(g, exp.Rollup):
+            n *= len(g.expressions) + 1
+        elif isinstance(g, exp.Cube):
+            n *= 2 ** min(len(g.expressions), 16)
+        elif isinstance(g, exp.GroupingSets):
+            n *= max(1, len(g.expressions))
+    return n
 
 
 def _rows_sql(select: exp.Select) -> str:

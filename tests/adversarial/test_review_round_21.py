@@ -171,3 +171,15 @@ def test_a_thousand_one_key_grouping_sets_do_not_hang(server):
     assert resp.status_code < 500, resp.text
     if resp.status_code != 200:
         assert 400 <= resp.status_code < 500, resp.text
+
+
+def test_columns_times_grouping_sets_or_branches_are_capped(server):
+    """A person is in one cell per column per grouping set or UNION branch: at most 32."""
+    base = ("SELECT p.sex, p.ethnicity, COUNT(*) AS n, COUNT(*) FILTER (WHERE "
+            "p.year_of_birth < 1960) AS o FROM patients p ")
+    ok = server.query(*PLANNER[:1], base + "GROUP BY CUBE (p.sex, p.ethnicity)", *PLANNER[1:])
+    assert ok.status_code == 200, ok.text  # 2 columns x 4 sets
+    branch = "SELECT 'x' AS k, COUNT(*) AS n FROM patients p"
+    many = " UNION ALL ".join([branch] * 33)
+    resp = server.query(*PLANNER[:1], many, *PLANNER[1:])
+    assert resp.status_code == 400 and "at most 32" in resp.json()["error"]["message"]
