@@ -1237,28 +1237,35 @@ def _is_indicator(node: exp.Expression) -> bool:
     return False
 
 
-def _check_distinct_count(agg: exp.Expression, scope: Scope, catalogue: Catalogue) -> None:
-    """On the outer query COUNT(DISTINCT ...) counts people: of the person key, or of a CASE
-    giving the person key or NULL. A count of distinct other values is not a count of the
-    people behind the cell: a value held by one person of a small group counts as much as a
-    value held by thousands, and constants padding the count by a known k (ELSE -1, or
-    FILTER (WHERE <small group> OR <k known values>)) give the small group's size through
-    the rounding."""
+def counts_people(node: exp.Expression, scope: Scope, catalogue: Catalogue) -> bool:
+    """COUNT(DISTINCT ...) [FILTER] of the person key, or of a CASE whose every result is the
+    person key or NULL: one per person behind the cell."""
+    agg = node.this if isinstance(node, exp.Filter) else node
     if not (isinstance(agg, exp.Count) and isinstance(agg.this, exp.Distinct)):
-        return
+        return False
     args = agg.this.expressions
     arg = args[0] if len(args) == 1 else None
     while isinstance(arg, exp.Paren):
         arg = arg.this
-    if isinstance(arg, exp.Column) and is_person_key(arg, scope, catalogue):
-        return
     if isinstance(arg, exp.Case):
         results = [i.args.get("true") for i in arg.args.get("ifs") or []]
         results += [arg.args["default"]] if arg.args.get("default") is not None else []
         people = [r for r in results if not isinstance(r, exp.Null)]
-        if people and all(isinstance(r, exp.Column) and is_person_key(r, scope, catalogue)
-                          for r in people):
-            return
+        return bool(people) and all(
+            isinstance(r, exp.Column) and is_person_key(r, scope, catalogue) for r in people)
+    return isinstance(arg, exp.Column) and is_person_key(arg, scope, catalogue)
+
+
+def _check_distinct_count(agg: exp.Expression, scope: Scope, catalogue: Catalogue) -> None:
+    """On the outer query COUNT(DISTINCT ...) counts people (``counts_people``). A count of
+    distinct other values is not a count of the people behind the cell: a value held by one
+    person of a small group counts as much as a value held by thousands, and constants
+    padding the count by a known k (ELSE -1, or FILTER (WHERE <small group> OR <k known
+    values>)) give the small group's size through the rounding."""
+    if not (isinstance(agg, exp.Count) and isinstance(agg.this, exp.Distinct)):
+        return
+    if counts_people(agg, scope, catalogue):
+        return
     raise SqlRejected(
         f"{agg.sql(dialect=DIALECT)[:80]} on the outer query counts something other than "
         "people",

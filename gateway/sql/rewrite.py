@@ -26,6 +26,7 @@ from gateway.sql.analysis import (
     Analysis,
     OutputColumn,
     bare_origin,
+    counts_people,
     is_person_key,
     may_be_null,
     outer_selects,
@@ -123,7 +124,7 @@ def row_bound(analysis: Analysis, obligations: Obligations, catalogue: Catalogue
         select = [exp.alias_(rowpid.copy(), "__pid")]
         for i in columns:
             proj = branch.expressions[i].unalias()
-            if _counts_people(proj, scope, catalogue) or (one_row_each and _counts_rows(proj)):
+            if counts_people(proj, scope, catalogue) or (one_row_each and _counts_rows(proj)):
                 select.append(exp.alias_(exp.Literal.number(1), f"__m{i}"))
                 continue
             asked.add(i)
@@ -155,19 +156,6 @@ def row_bound(analysis: Analysis, obligations: Obligations, catalogue: Catalogue
         exp.Not(this=exp.Is(this=exp.column("__pid"), expression=exp.Null())))
     _filter_scans(query, obligations, catalogue)
     return RowBound(query.sql(dialect=DIALECT), tuple(columns))
-
-
-def _counts_people(node: exp.Expression, scope: Scope, catalogue: Catalogue) -> bool:
-    """COUNT(DISTINCT person), or of a CASE giving the person key or NULL: one per person."""
-    agg = node.this if isinstance(node, exp.Filter) else node
-    if not (isinstance(agg, exp.Count) and isinstance(agg.this, exp.Distinct)):
-        return False
-    (arg,) = agg.this.expressions[:1] or [None]
-    if isinstance(arg, exp.Case):
-        results = [i.args.get("true") for i in arg.args.get("ifs") or []]
-        return all(isinstance(r, exp.Column) and is_person_key(r, scope, catalogue)
-                   for r in results if not isinstance(r, exp.Null))
-    return isinstance(arg, exp.Column) and is_person_key(arg, scope, catalogue)
 
 
 def _rewrite(
@@ -554,7 +542,7 @@ def _single_pass(
     if not measures:  # worth a regrouping only if some count can take several rows a person
         top = next(s for s in traverse_scope(analysis.tree) if s.expression is analysis.tree)
         one_row_each = not cell_keys and _one_row_per_person(top, catalogue)
-        if not any(not _counts_people(p := analysis.tree.expressions[i].unalias(), top,
+        if not any(not counts_people(p := analysis.tree.expressions[i].unalias(), top,
                                       catalogue) and not (one_row_each and _counts_rows(p))
                    for i in counts):
             return None

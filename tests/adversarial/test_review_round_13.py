@@ -8,23 +8,7 @@ query, suppress the cells, or count the people behind them properly: each passes
 from __future__ import annotations
 
 import pytest
-from conftest import TODAY
-
-PLANNER = ("p.jones", "JOINT-PLANNING", "planning")
-NORFOLK = "E10000020"
-
-
-def _norfolk_residents(raw) -> str:
-    """The Norfolk planner's people, by hand: residents, not opted out."""
-    return (f"SELECT * FROM patients WHERE local_authority_code = '{NORFOLK}' AND person_id "
-            "NOT IN (SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
-
-
-def _consented(raw) -> str:
-    """The FRAILTY-2025 cohort as of the tests' today, by hand."""
-    return ("SELECT * FROM patients WHERE person_id IN (SELECT person_id FROM study_consents "
-            f"WHERE study_id = 'FRAILTY-2025' AND consented_on <= DATE '{TODAY}' AND "
-            f"(withdrawn_on IS NULL OR withdrawn_on > DATE '{TODAY}'))")
+from attack import DP_RESEARCHER, NORFOLK, PLANNER, cohort, explain_as, norfolk_residents, refused
 
 
 def _small_group(raw, people_sql: str, below: int) -> tuple[str, int]:
@@ -62,13 +46,12 @@ def test_a_right_joined_lookup_does_not_pad_a_count_of_people(server, raw):
     people behind the cell. RIGHT JOIN lsoa_lookup adds one row per area with no resident in it:
     a FILTER choosing a small group OR k empty areas counts t + k rows, 'rests on' t + k people
     and is released rounded; k = 8..12 in one query gives t exactly."""
-    target, truth = _small_group(raw, _norfolk_residents(raw), 8)
+    target, truth = _small_group(raw, norfolk_residents(), 8)
     assert 1 <= truth <= 7
     pads, cols = _empty_area_pads(raw, target)
     sql = f"SELECT {cols} FROM patients p RIGHT JOIN lsoa_lookup l ON l.lsoa_code = p.lsoa_code"
     resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return  # refusing is as good as suppressing
     values = server.released(resp, "p.jones")["rows"][0]
     assert _candidates_rounded(values, pads, 5, 8) != [truth], (
@@ -79,15 +62,14 @@ def test_count_distinct_of_constant_pads_does_not_count_people(server, raw):
     """COUNT(DISTINCT CASE WHEN <small group> THEN person_id ELSE <one of k constants> END):
     the people behind it are everyone (the argument is never NULL), its value is t + k. Five
     such columns (k = 8..12) undo the rounding: the small group's exact size."""
-    target, truth = _small_group(raw, _norfolk_residents(raw), 8)
+    target, truth = _small_group(raw, norfolk_residents(), 8)
     assert 1 <= truth <= 7
     pads = list(range(8, 13))
     cols = ", ".join(
         f"COUNT(DISTINCT CASE WHEN {target} THEN p.person_id "
         f"ELSE -1 - (p.year_of_birth % {k}) END) AS pad{k}" for k in pads)
     resp = server.query(*PLANNER[:1], f"SELECT {cols} FROM patients p", *PLANNER[1:])
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return
     values = server.released(resp, "p.jones")["rows"][0]
     assert _candidates_rounded(values, pads, 5, 8) != [truth], (
@@ -99,7 +81,7 @@ def test_count_distinct_of_constant_pads_does_not_defeat_cell_keys(server, raw):
     from the one cell key, so released - k is t plus eighty independent zero-mean
     perturbations: their mean is t to within about 0.1 (and their range, once it spans the
     table's -2..2, pins t outright), for a group the regime suppresses (under 10 people)."""
-    target, truth = _small_group(raw, _consented(raw), 10)
+    target, truth = _small_group(raw, cohort(), 10)
     assert 1 <= truth <= 9
     pads = list(range(8, 88))
     day = "DATE_DIFF('day', DATE '1900-01-01', p.registration_date)"
@@ -107,8 +89,7 @@ def test_count_distinct_of_constant_pads_does_not_defeat_cell_keys(server, raw):
         f"COUNT(DISTINCT CASE WHEN {target} THEN p.person_id "
         f"ELSE -1 - ((p.year_of_birth * 400 + {day}) % {k}) END) AS pad{k}" for k in pads)
     resp = server.query("r.smith", f"SELECT {cols} FROM patients p", "PRJ-0077", "research")
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return
     values = server.released(resp, "r.smith")["rows"][0]
     candidates = [t for t in range(10) if all(
@@ -130,13 +111,9 @@ def test_a_key_of_a_left_joined_person_table_is_not_one_cell_per_person(server, 
     joins = " ".join(f"LEFT JOIN patients p{i} ON p{i}.person_id = e.person_id AND "
                      f"YEAR(e.event_date) = {y}" for i, y in enumerate(years))
     sql = f"SELECT {keys}, COUNT(*) AS events FROM gp_events e {joins} GROUP BY ALL"
-    resp = server.client.post("/v1/queries/explain", headers={
-        "Authorization": f"Bearer {server.token('r.smith')}"},
-        json={"sql": sql, "project": "PRJ-0042", "purpose": "research"})
-    assert resp.status_code < 500, resp.text
-    if resp.status_code != 200 or resp.json()["decision"] != "permit":
+    explained = explain_as(server, DP_RESEARCHER, sql)
+    if explained is None:
         return  # refused
-    explained = resp.json()
     cells = explained["dp"]["cells_per_person"]
     rows = explained["output"]["max_rows_per_cell"]
     bounded = explained["executed_sql"]
@@ -157,13 +134,12 @@ def test_a_key_of_a_left_joined_person_table_is_not_one_cell_per_person(server, 
 
 def test_every_outer_join_that_pads_people_counts_people_not_rows(server, raw):
     """FULL JOIN, and a lookup LEFT JOINed to people, pad as RIGHT JOIN does."""
-    target, truth = _small_group(raw, _norfolk_residents(raw), 8)
+    target, truth = _small_group(raw, norfolk_residents(), 8)
     pads, cols = _empty_area_pads(raw, target)
     for source in ("patients p FULL JOIN lsoa_lookup l ON l.lsoa_code = p.lsoa_code",
                    "lsoa_lookup l LEFT JOIN patients p ON l.lsoa_code = p.lsoa_code"):
         resp = server.query(*PLANNER[:1], f"SELECT {cols} FROM {source}", *PLANNER[1:])
-        if resp.status_code != 200:
-            assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+        if refused(resp):
             continue
         values = server.released(resp, "p.jones")["rows"][0]
         assert _candidates_rounded(values, pads, 5, 8) != [truth], (source, values)
@@ -196,7 +172,7 @@ def test_distinct_counts_of_people_are_still_accepted(server, raw, column):
                         "GROUP BY p.sex ORDER BY p.sex", *PLANNER[1:])
     body = server.released(resp, "p.jones")
     truth = dict(raw.execute(
-        f"SELECT sex, COUNT(*) FROM ({_norfolk_residents(raw)}) WHERE year_of_birth < 1960 "
+        f"SELECT sex, COUNT(*) FROM ({norfolk_residents()}) WHERE year_of_birth < 1960 "
         "GROUP BY sex").fetchall())
     assert {s: n for s, n in body["rows"]} == {s: 5 * round(n / 5) for s, n in truth.items()}
 

@@ -14,19 +14,15 @@ each passes.
 
 from __future__ import annotations
 
-PLANNER = ("p.jones", "JOINT-PLANNING", "planning")
-NORFOLK = "E10000020"
-
-
-def _norfolk_residents() -> str:
-    """The Norfolk planner's people, by hand: residents, not opted out."""
-    return (f"SELECT * FROM patients WHERE local_authority_code = '{NORFOLK}' AND person_id "
-            "NOT IN (SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
-
-
-def _not_opted_out() -> str:
-    return ("SELECT * FROM patients WHERE person_id NOT IN "
-            "(SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
+from attack import (
+    DP_RESEARCHER,
+    PLANNER,
+    assert_bounded_without,
+    explain_as,
+    norfolk_residents,
+    not_opted_out,
+    refused,
+)
 
 
 def _birth_years(raw, people_sql: str, at_least: int) -> set[int]:
@@ -40,9 +36,9 @@ def _unique_person_with_stays(raw, offset: int) -> tuple[str, int, list[int]]:
     """A Norfolk resident who is alone in her (year of birth, sex, ethnicity) group and has
     hospital stays, every one of which maps (stay + offset) onto a well-populated birth year:
     her condition on alias q, her person_id (for the oracle only), and her stays."""
-    years = _birth_years(raw, _norfolk_residents(), 20)
+    years = _birth_years(raw, norfolk_residents(), 20)
     rows = raw.execute(
-        f"WITH r AS ({_norfolk_residents()}), u AS (SELECT year_of_birth, sex, ethnicity FROM r "
+        f"WITH r AS ({norfolk_residents()}), u AS (SELECT year_of_birth, sex, ethnicity FROM r "
         "GROUP BY ALL HAVING COUNT(*) = 1) "
         "SELECT r.person_id, r.year_of_birth, r.sex, r.ethnicity, "
         "list(h.length_of_stay ORDER BY h.length_of_stay) FROM r JOIN u USING "
@@ -66,8 +62,7 @@ def test_a_semi_join_does_not_copy_one_persons_stays_onto_everyones_rows(server,
            f"ON q.person_id = h.person_id WHERE {target}) x "
            f"ON p.year_of_birth - {offset} = x.length_of_stay GROUP BY k")
     resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return  # refusing is as good as suppressing
     body = server.released(resp, "p.jones")
     shown = sorted(k - offset for k, n in body["rows"] if n is not None)
@@ -79,9 +74,9 @@ def test_a_semi_join_on_another_person_does_not_release_her_registration_date(se
     """The same through patients itself: one unique person's registration date, as year,
     month and day, each read off the one birth year the semi join keeps."""
     offset = raw.execute("SELECT MIN(year_of_birth) FROM patients").fetchone()[0]
-    years = _birth_years(raw, _norfolk_residents(), 20)
+    years = _birth_years(raw, norfolk_residents(), 20)
     yob, sex, eth, registered = raw.execute(
-        f"WITH r AS ({_norfolk_residents()}) SELECT year_of_birth, sex, ethnicity, "
+        f"WITH r AS ({norfolk_residents()}) SELECT year_of_birth, sex, ethnicity, "
         "registration_date FROM r WHERE (year_of_birth, sex, ethnicity) IN (SELECT "
         "(year_of_birth, sex, ethnicity) FROM r GROUP BY ALL HAVING COUNT(*) = 1) "
         "ORDER BY year_of_birth, sex, ethnicity").fetchall()[0]
@@ -94,8 +89,7 @@ def test_a_semi_join_on_another_person_does_not_release_her_registration_date(se
                f"patients q ON {target} AND p.year_of_birth - {shift} = "
                f"{part}(q.registration_date) GROUP BY k")
         resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-        if resp.status_code != 200:
-            assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+        if refused(resp):
             return  # refused
         rows = server.released(resp, "p.jones")["rows"]
         found.append([k - shift for k, n in rows if n is not None])
@@ -107,7 +101,7 @@ def test_an_anti_join_on_another_person_does_not_show_where_she_lives(server, ra
     """ANTI JOIN patients q ON <q is one chosen person> AND q.lsoa_code = p.lsoa_code drops
     her neighbours: the one small area missing from a table of every area is hers."""
     yob, sex, eth, lsoa = raw.execute(
-        f"WITH r AS ({_norfolk_residents()}), a AS (SELECT lsoa_code FROM r GROUP BY 1 "
+        f"WITH r AS ({norfolk_residents()}), a AS (SELECT lsoa_code FROM r GROUP BY 1 "
         "HAVING COUNT(*) >= 10) SELECT year_of_birth, sex, ethnicity, lsoa_code FROM r "
         "WHERE lsoa_code IN (SELECT lsoa_code FROM a) AND (year_of_birth, sex, ethnicity) IN "
         "(SELECT (year_of_birth, sex, ethnicity) FROM r GROUP BY ALL HAVING COUNT(*) = 1) "
@@ -118,8 +112,7 @@ def test_an_anti_join_on_another_person_does_not_show_where_she_lives(server, ra
         sql = (f"SELECT p.lsoa_code AS area, COUNT(*) AS n FROM patients p {join} JOIN "
                f"patients q ON {target} AND q.lsoa_code = p.lsoa_code GROUP BY area")
         resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-        if resp.status_code != 200:
-            assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+        if refused(resp):
             return  # refused
         shown.append({a for a, n in server.released(resp, "p.jones")["rows"]})
     semi, anti = shown
@@ -135,29 +128,14 @@ def test_a_semi_join_on_one_persons_row_is_bounded_under_dp(server, raw):
     moves it by thousands."""
     stay, person = raw.execute(
         f"SELECT length_of_stay, MIN(person_id) FROM hospital_admissions WHERE person_id IN "
-        f"(SELECT person_id FROM ({_not_opted_out()})) GROUP BY 1 "
+        f"(SELECT person_id FROM ({not_opted_out()})) GROUP BY 1 "
         "HAVING COUNT(DISTINCT person_id) = 1 ORDER BY 1 DESC LIMIT 1").fetchone()
     sql = ("SELECT p.sex AS k, COUNT(*) AS n FROM patients p SEMI JOIN hospital_admissions h "
            f"ON h.length_of_stay = {stay} GROUP BY k")
-    resp = server.client.post("/v1/queries/explain", headers={
-        "Authorization": f"Bearer {server.token('r.smith')}"},
-        json={"sql": sql, "project": "PRJ-0042", "purpose": "research"})
-    assert resp.status_code < 500, resp.text
-    if resp.status_code != 200 or resp.json()["decision"] != "permit":
+    explained = explain_as(server, DP_RESEARCHER, sql)
+    if explained is None:
         return  # refused
-    explained = resp.json()
-    bound = explained["dp"]["cells_per_person"] * explained["output"]["max_rows_per_cell"]
-    executed = explained["executed_sql"]
-    with_her = sum(r[1] for r in raw.execute(executed).fetchall())
-    # the same data without her: the admissions view with her rows left out
-    without = executed.replace(
-        'FROM "hospital_admissions" WHERE',
-        f'FROM "hospital_admissions" WHERE "person_id" <> {person} AND')
-    assert without != executed
-    without_her = sum(r[1] for r in raw.execute(without).fetchall())
-    assert abs(with_her - without_her) <= bound, (
-        f"one person moves the bounded count from {without_her} to {with_her}; the noise "
-        f"assumes at most {bound}")
+    assert_bounded_without(raw, explained, "hospital_admissions", person)
 
 
 # -- the neighbours, closed by the same fixes ------------------------------------------------
@@ -191,7 +169,7 @@ def test_distinct_on_within_a_person_picks_her_first_event(server, raw):
     truth = dict(raw.execute(
         "SELECT snomed_code, COUNT(*) FROM (SELECT DISTINCT ON (person_id) person_id, "
         "snomed_code FROM gp_events WHERE person_id IN (SELECT person_id FROM "
-        f"({_norfolk_residents()})) ORDER BY event_date, snomed_code) GROUP BY 1"
+        f"({norfolk_residents()})) ORDER BY event_date, snomed_code) GROUP BY 1"
     ).fetchall())
     shown = {k: n for k, n in body["rows"] if n is not None}
     assert shown and all(n == 5 * round(truth[k] / 5) for k, n in shown.items())

@@ -21,26 +21,24 @@ each passes.
 
 from __future__ import annotations
 
-PLANNER = ("p.jones", "JOINT-PLANNING", "planning")
-NORFOLK = "E10000020"
+from attack import (
+    DP_RESEARCHER,
+    NORFOLK,
+    PLANNER,
+    assert_bounded_without,
+    explain_as,
+    norfolk_residents,
+    not_opted_out,
+    refused,
+)
+
 NOTHING = "UNION ALL SELECT r.year_of_birth FROM patients r WHERE 1 = 0"
-
-
-def _norfolk_residents() -> str:
-    """The Norfolk planner's people, by hand: residents, not opted out."""
-    return (f"SELECT * FROM patients WHERE local_authority_code = '{NORFOLK}' AND person_id "
-            "NOT IN (SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
-
-
-def _not_opted_out() -> str:
-    return ("SELECT * FROM patients WHERE person_id NOT IN "
-            "(SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
 
 
 def _birth_years(raw, at_least: int) -> set[int]:
     """Years of birth that hold at least ``at_least`` of the people: groups never withheld."""
     return {y for (y,) in raw.execute(
-        f"SELECT year_of_birth FROM ({_norfolk_residents()}) GROUP BY 1 "
+        f"SELECT year_of_birth FROM ({norfolk_residents()}) GROUP BY 1 "
         f"HAVING COUNT(*) >= {at_least}").fetchall()}
 
 
@@ -48,7 +46,7 @@ def _unique_people(raw) -> list[tuple]:
     """Norfolk residents alone in their (year of birth, sex, ethnicity) group: (condition on
     alias q, registration date, small area, people in that area)."""
     rows = raw.execute(
-        f"WITH r AS ({_norfolk_residents()}), u AS (SELECT year_of_birth, sex, ethnicity FROM r "
+        f"WITH r AS ({norfolk_residents()}), u AS (SELECT year_of_birth, sex, ethnicity FROM r "
         "GROUP BY ALL HAVING COUNT(*) = 1), a AS (SELECT lsoa_code, COUNT(*) AS n FROM r "
         "GROUP BY 1) SELECT r.year_of_birth, r.sex, r.ethnicity, r.registration_date, "
         "r.lsoa_code, a.n FROM r JOIN u USING (year_of_birth, sex, ethnicity) "
@@ -72,8 +70,7 @@ def test_a_union_subquery_does_not_release_another_persons_registration_date(ser
                f"p.year_of_birth - {shift} IN (SELECT {part}(q.registration_date) FROM "
                f"patients q WHERE {target} {NOTHING}) GROUP BY k")
         resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-        if resp.status_code != 200:
-            assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+        if refused(resp):
             return  # refusing is as good as suppressing
         rows = server.released(resp, "p.jones")["rows"]
         found.append([k - shift for k, n in rows if n is not None])
@@ -89,8 +86,7 @@ def test_a_union_subquery_does_not_show_where_another_person_lives(server, raw):
            f"(SELECT q.lsoa_code FROM patients q WHERE {target} "
            "UNION ALL SELECT r.lsoa_code FROM patients r WHERE 1 = 0) GROUP BY area")
     resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return  # refused
     shown = {a for a, n in server.released(resp, "p.jones")["rows"] if n is not None}
     assert shown != {lsoa}, f"one person's small area {lsoa} is released"
@@ -105,8 +101,7 @@ def test_a_scalar_union_subquery_does_not_release_another_persons_value(server, 
            f"(SELECT YEAR(q.registration_date) FROM patients q WHERE {target} {NOTHING}) "
            "GROUP BY k")
     resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return  # refused
     shown = [k for k, n in server.released(resp, "p.jones")["rows"] if n is not None]
     assert shown != [registered.year], (
@@ -120,30 +115,15 @@ def test_an_exists_union_on_one_persons_row_is_bounded_under_dp(server, raw):
     thousands."""
     stay, person = raw.execute(
         f"SELECT length_of_stay, MIN(person_id) FROM hospital_admissions WHERE person_id IN "
-        f"(SELECT person_id FROM ({_not_opted_out()})) GROUP BY 1 "
+        f"(SELECT person_id FROM ({not_opted_out()})) GROUP BY 1 "
         "HAVING COUNT(DISTINCT person_id) = 1 ORDER BY 1 DESC LIMIT 1").fetchone()
     sql = ("SELECT p.sex AS k, COUNT(*) AS n FROM patients p WHERE EXISTS (SELECT 1 FROM "
            f"hospital_admissions h WHERE h.length_of_stay = {stay} UNION ALL SELECT 1 FROM "
            "hospital_admissions h2 WHERE 1 = 0) GROUP BY k")
-    resp = server.client.post("/v1/queries/explain", headers={
-        "Authorization": f"Bearer {server.token('r.smith')}"},
-        json={"sql": sql, "project": "PRJ-0042", "purpose": "research"})
-    assert resp.status_code < 500, resp.text
-    if resp.status_code != 200 or resp.json()["decision"] != "permit":
+    explained = explain_as(server, DP_RESEARCHER, sql)
+    if explained is None:
         return  # refused
-    explained = resp.json()
-    bound = explained["dp"]["cells_per_person"] * explained["output"]["max_rows_per_cell"]
-    executed = explained["executed_sql"]
-    with_her = sum(r[1] for r in raw.execute(executed).fetchall())
-    # the same data without her: the admissions views with her rows left out
-    without = executed.replace(
-        'FROM "hospital_admissions" WHERE',
-        f'FROM "hospital_admissions" WHERE "person_id" <> {person} AND')
-    assert without != executed
-    without_her = sum(r[1] for r in raw.execute(without).fetchall())
-    assert abs(with_her - without_her) <= bound, (
-        f"one person moves the bounded count from {without_her} to {with_her}; the noise "
-        f"assumes at most {bound}")
+    assert_bounded_without(raw, explained, "hospital_admissions", person)
 
 
 # -- windows over a person key that an outer join leaves NULL ---------------------------------
@@ -161,8 +141,7 @@ def test_a_window_partitioned_by_an_outer_joined_person_key_stays_within_a_perso
            "THEN p.registration_date END) OVER (PARTITION BY q.person_id) AS v FROM patients p "
            "LEFT JOIN patients q ON q.person_id = p.person_id AND 1 = 0) w GROUP BY k")
     resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return  # refused
     shown = [k for k, n in server.released(resp, "p.jones")["rows"] if n is not None]
     assert shown != [registered.isoformat()], (
@@ -183,8 +162,7 @@ def test_a_window_over_people_without_admissions_stays_within_a_person(server, r
            "THEN p.registration_date END) OVER (PARTITION BY h.person_id) AS v FROM patients p "
            "LEFT JOIN hospital_admissions h ON h.person_id = p.person_id) w GROUP BY k")
     resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return  # refused
     shown = [k for k, n in server.released(resp, "p.jones")["rows"]
              if n is not None and k is not None]
@@ -202,7 +180,7 @@ def test_a_window_by_the_outer_person_over_a_left_join_is_still_answered(server,
            "'later' END AS first FROM patients p LEFT JOIN hospital_admissions h ON "
            "h.person_id = p.person_id) w GROUP BY k")
     body = server.released(server.query(*PLANNER[:1], sql, *PLANNER[1:]), PLANNER[0])
-    people = raw.execute(f"SELECT COUNT(*) FROM ({_norfolk_residents()})").fetchone()[0]
+    people = raw.execute(f"SELECT COUNT(*) FROM ({norfolk_residents()})").fetchone()[0]
     shown = {k: n for k, n in body["rows"] if n is not None}
     # the column holds 'later' rows too, several per person: its base is the larger one
     base = body["disclosure"].get("column_rounding_bases", {}).get("n", 5)
@@ -216,11 +194,10 @@ def test_a_union_of_person_keys_in_an_in_subquery_is_still_answered(server, raw)
            "h.person_id FROM hospital_admissions h UNION SELECT d.person_id FROM deaths d) "
            "GROUP BY k")
     resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return  # not accepted before either: nothing to keep
     truth = dict(raw.execute(
-        f"SELECT sex, COUNT(*) FROM ({_norfolk_residents()}) p WHERE person_id IN (SELECT "
+        f"SELECT sex, COUNT(*) FROM ({norfolk_residents()}) p WHERE person_id IN (SELECT "
         "person_id FROM hospital_admissions UNION SELECT person_id FROM deaths) GROUP BY 1"
     ).fetchall())
     shown = {k: n for k, n in server.released(resp, "p.jones")["rows"] if n is not None}

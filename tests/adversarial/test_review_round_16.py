@@ -32,19 +32,16 @@ A fix may refuse the query, suppress the cells, or count the people behind them 
 
 from __future__ import annotations
 
-PLANNER = ("p.jones", "JOINT-PLANNING", "planning")
-NORFOLK = "E10000020"
-
-
-def _norfolk_residents() -> str:
-    """The Norfolk planner's people, by hand: residents, not opted out."""
-    return (f"SELECT * FROM patients WHERE local_authority_code = '{NORFOLK}' AND person_id "
-            "NOT IN (SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
-
-
-def _not_opted_out() -> str:
-    return ("SELECT * FROM patients WHERE person_id NOT IN "
-            "(SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
+from attack import (
+    DP_RESEARCHER,
+    NORFOLK,
+    PLANNER,
+    assert_bounded_without,
+    explain_as,
+    norfolk_residents,
+    not_opted_out,
+    refused,
+)
 
 
 def _unique_admitted(raw, people: str) -> tuple[str, int, int, str]:
@@ -69,7 +66,7 @@ def _not_in(target: str, on: str) -> str:
 def test_not_in_a_padded_person_key_does_not_read_another_persons_record(server, raw):
     """Each column is every resident (less one) if the chosen person's admissions meet its
     condition, and 0 if not: her longest stay and a diagnosis, read bit by bit in one query."""
-    target, _, stay, diagnosis = _unique_admitted(raw, _norfolk_residents())
+    target, _, stay, diagnosis = _unique_admitted(raw, norfolk_residents())
     conditions = {
         "stay_is_hers": f"h.length_of_stay = {stay}",
         "stay_is_longer": f"h.length_of_stay > {stay}",
@@ -81,8 +78,7 @@ def test_not_in_a_padded_person_key_does_not_read_another_persons_record(server,
                         for name, on in conditions.items())
     sql = f"SELECT {columns} FROM patients p"
     resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return  # refusing is as good as suppressing
     (row,) = server.released(resp, "p.jones")["rows"]
     shown = dict(zip(conditions, row, strict=True))
@@ -97,27 +93,13 @@ def test_not_in_a_padded_person_key_is_bounded_under_dp(server, raw):
     """dp: the subquery holds a NULL if the chosen person is in the data and is empty if she is
     not, so she moves the count from everyone to zero. The noise is calibrated for one person
     moving it by cells * rows."""
-    target, person, _, _ = _unique_admitted(raw, _not_opted_out())
+    target, person, _, _ = _unique_admitted(raw, not_opted_out())
     sql = (f"SELECT p.sex AS k, COUNT(*) AS n FROM patients p WHERE {_not_in(target, '1 = 0')} "
            "GROUP BY k")
-    resp = server.client.post("/v1/queries/explain", headers={
-        "Authorization": f"Bearer {server.token('r.smith')}"},
-        json={"sql": sql, "project": "PRJ-0042", "purpose": "research"})
-    assert resp.status_code < 500, resp.text
-    if resp.status_code != 200 or resp.json()["decision"] != "permit":
+    explained = explain_as(server, DP_RESEARCHER, sql)
+    if explained is None:
         return  # refused
-    explained = resp.json()
-    bound = explained["dp"]["cells_per_person"] * explained["output"]["max_rows_per_cell"]
-    executed = explained["executed_sql"]
-    with_her = sum(r[1] for r in raw.execute(executed).fetchall())
-    # the same data without her: every scan of patients leaves her out
-    without = executed.replace(
-        'FROM "patients" WHERE', f'FROM "patients" WHERE "person_id" <> {person} AND')
-    assert without != executed
-    without_her = sum(r[1] for r in raw.execute(without).fetchall())
-    assert abs(with_her - without_her) <= bound, (
-        f"one person moves the bounded count from {without_her} to {with_her}; the noise "
-        f"assumes at most {bound}")
+    assert_bounded_without(raw, explained, "patients", person)
 
 
 # -- the neighbours, which must keep working -------------------------------------------------
@@ -130,7 +112,7 @@ def test_not_in_a_set_of_person_keys_is_still_answered(server, raw):
     resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
     body = server.released(resp, "p.jones")
     truth = dict(raw.execute(
-        f"SELECT sex, COUNT(*) FROM ({_norfolk_residents()}) p WHERE person_id NOT IN (SELECT "
+        f"SELECT sex, COUNT(*) FROM ({norfolk_residents()}) p WHERE person_id NOT IN (SELECT "
         "h.person_id FROM hospital_admissions h JOIN patients q ON q.person_id = h.person_id "
         f"WHERE q.local_authority_code = '{NORFOLK}') GROUP BY 1").fetchall())
     shown = {k: n for k, n in body["rows"] if n is not None}
@@ -143,7 +125,7 @@ def _unique_people(raw) -> list[tuple[str, object]]:
     """Norfolk residents alone in their (year of birth, sex, ethnicity) group: (condition on
     alias d, registration date)."""
     rows = raw.execute(
-        f"WITH r AS ({_norfolk_residents()}), u AS (SELECT year_of_birth, sex, ethnicity FROM r "
+        f"WITH r AS ({norfolk_residents()}), u AS (SELECT year_of_birth, sex, ethnicity FROM r "
         "GROUP BY ALL HAVING COUNT(*) = 1) SELECT r.year_of_birth, r.sex, r.ethnicity, "
         "r.registration_date FROM r JOIN u USING (year_of_birth, sex, ethnicity) "
         "ORDER BY r.year_of_birth, r.sex, r.ethnicity").fetchall()
@@ -165,8 +147,7 @@ def test_a_window_partitioned_by_a_person_key_padded_in_a_derived_table_stays_wi
            "AS pid FROM patients p LEFT JOIN patients q ON q.person_id = p.person_id AND 1 = 0) "
            "d) w GROUP BY k")
     resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return  # refused
     shown = [k for k, n in server.released(resp, "p.jones")["rows"] if n is not None]
     assert shown != [registered.isoformat()], (
@@ -187,8 +168,7 @@ def test_a_window_over_a_cte_that_padded_the_person_key_stays_within_a_person(se
            f"SELECT w.v AS k, COUNT(*) AS n FROM (SELECT d.person_id, MAX(CASE WHEN {target} "
            "THEN d.registration_date END) OVER (PARTITION BY d.pid) AS v FROM d) w GROUP BY k")
     resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return  # refused
     shown = [k for k, n in server.released(resp, "p.jones")["rows"]
              if n is not None and k is not None]
@@ -210,7 +190,7 @@ def test_a_padded_set_is_refused_with_the_fix_and_accepted_once_nulls_are_droppe
                         *PLANNER[1:])
     body = server.released(resp, "p.jones")
     truth = dict(raw.execute(
-        f"SELECT sex, COUNT(*) FROM ({_norfolk_residents()}) p WHERE person_id NOT IN (SELECT "
+        f"SELECT sex, COUNT(*) FROM ({norfolk_residents()}) p WHERE person_id NOT IN (SELECT "
         "h.person_id FROM hospital_admissions h JOIN patients q ON q.person_id = h.person_id "
         f"WHERE q.local_authority_code = '{NORFOLK}' AND h.length_of_stay >= 8) GROUP BY 1"
     ).fetchall())

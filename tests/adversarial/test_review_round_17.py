@@ -23,11 +23,7 @@ count of rows by as much as one person can move it): each passes.
 
 from __future__ import annotations
 
-from conftest import TODAY
-
-PLANNER = ("p.jones", "JOINT-PLANNING", "planning")
-RESEARCHER = ("r.smith", "PRJ-0077", "research")
-NORFOLK = "E10000020"
+from attack import PLANNER, RESEARCHER, cohort, norfolk_residents, refused
 
 #: every person with exactly five GP events, each of their events: five rows per person
 FIVE_EACH = ("patients p JOIN gp_events e ON e.person_id = p.person_id JOIN (SELECT g.person_id "
@@ -37,19 +33,6 @@ FIVE_EACH = ("patients p JOIN gp_events e ON e.person_id = p.person_id JOIN (SEL
 FIRST_FIVE = ("patients p JOIN (SELECT e.person_id, ROW_NUMBER() OVER (PARTITION BY "
               "e.person_id ORDER BY e.event_date) AS rn, COUNT(*) OVER (PARTITION BY "
               "e.person_id) AS n FROM gp_events e) x ON x.person_id = p.person_id")
-
-
-def _norfolk_residents() -> str:
-    """The Norfolk planner's people, by hand: residents, not opted out."""
-    return (f"SELECT * FROM patients WHERE local_authority_code = '{NORFOLK}' AND person_id "
-            "NOT IN (SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
-
-
-def _cohort() -> str:
-    """The researcher's people, by hand: consented to FRAILTY-2025 and not withdrawn."""
-    return ("SELECT * FROM patients WHERE person_id IN (SELECT person_id FROM study_consents "
-            f"WHERE study_id = 'FRAILTY-2025' AND consented_on <= DATE '{TODAY}' AND "
-            f"(withdrawn_on IS NULL OR withdrawn_on > DATE '{TODAY}'))")
 
 
 def _events(people: str, condition: str) -> str:
@@ -71,12 +54,11 @@ def test_five_rows_per_person_do_not_count_a_small_group_exactly(server, raw):
     """a is five rows for each of the ~470 residents with exactly five GP events, b the same
     without a small (year of birth, sex, ethnicity) group: both rest on hundreds of people,
     both are rounded to 5, and (a - b) / 5 is the small group's exact size."""
-    target, small = _small_group(raw, _events(_norfolk_residents(), "= 5"))
+    target, small = _small_group(raw, _events(norfolk_residents(), "= 5"))
     sql = (f"SELECT COUNT(*) AS a, COUNT(*) FILTER (WHERE NOT ({target})) AS b "
            f"FROM {FIVE_EACH}")
     resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return  # refused
     ((a, b),) = server.released(resp, "p.jones")["rows"]
     assert a is None or b is None or (a - b) != 5 * small, (
@@ -85,13 +67,12 @@ def test_five_rows_per_person_do_not_count_a_small_group_exactly(server, raw):
 
 def test_the_first_five_events_of_each_person_do_not_count_a_small_group_exactly(server, raw):
     """The same with windows: ROW_NUMBER() <= 5 of everyone with COUNT(*) OVER () >= 5."""
-    target, small = _small_group(raw, _events(_norfolk_residents(), ">= 5"))
+    target, small = _small_group(raw, _events(norfolk_residents(), ">= 5"))
     where = "x.rn <= 5 AND x.n >= 5"
     sql = (f"SELECT COUNT(*) FILTER (WHERE {where}) AS a, COUNT(*) FILTER (WHERE {where} "
            f"AND NOT ({target})) AS b FROM {FIRST_FIVE}")
     resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return  # refused
     ((a, b),) = server.released(resp, "p.jones")["rows"]
     assert a is None or b is None or (a - b) != 5 * small, (
@@ -101,15 +82,14 @@ def test_the_first_five_events_of_each_person_do_not_count_a_small_group_exactly
 def test_five_rows_per_person_do_not_undo_the_cell_key_perturbation(server, raw):
     """cell_key: COUNT(*) over five rows per person is 5t + d with |d| <= 2, so every
     released cell divided by 5 and rounded is its exact count of people."""
-    people = _events(_cohort(), ">= 5")
+    people = _events(cohort(), ">= 5")
     truth = dict(raw.execute(
         f"SELECT sex || '/' || (year_of_birth // 20 * 20), COUNT(*) FROM ({people}) "
         "GROUP BY 1").fetchall())
     sql = ("SELECT p.sex AS sex, p.year_of_birth // 20 * 20 AS born, COUNT(*) AS n "
            f"FROM {FIRST_FIVE} WHERE x.rn <= 5 AND x.n >= 5 GROUP BY p.sex, born")
     resp = server.query(*RESEARCHER[:1], sql, *RESEARCHER[1:])
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return  # refused
     body = server.released(resp, "r.smith")
     assert body["disclosure"]["regime"] == "cell_key"
@@ -122,11 +102,11 @@ def test_five_rows_per_person_do_not_undo_the_cell_key_perturbation(server, raw)
 def _ranked_year(raw) -> tuple[int, list[str]]:
     """A year of birth in which at least three ethnic groups hold 1 to 7 residents, all of
     different sizes, ordered by size neither alphabetically nor in reverse."""
-    for (year,) in raw.execute(f"SELECT DISTINCT year_of_birth FROM ({_norfolk_residents()}) "
+    for (year,) in raw.execute(f"SELECT DISTINCT year_of_birth FROM ({norfolk_residents()}) "
                                "ORDER BY 1").fetchall():
         small = sorted((n, e) for e, n in raw.execute(
             f"SELECT ethnicity, COUNT(*) FILTER (WHERE year_of_birth = {year}) FROM "
-            f"({_norfolk_residents()}) GROUP BY 1").fetchall() if 1 <= n <= 7)
+            f"({norfolk_residents()}) GROUP BY 1").fetchall() if 1 <= n <= 7)
         order = [e for _, e in small]
         if (len(small) >= 3 and len({n for n, _ in small}) == len(small)
                 and order not in (sorted(order), sorted(order, reverse=True))):
@@ -142,8 +122,7 @@ def test_order_by_all_does_not_rank_suppressed_cells(server, raw):
     sql = (f"SELECT COUNT(*) FILTER (WHERE p.year_of_birth = {year}) AS n, COUNT(*) AS m, "
            "p.ethnicity FROM patients p GROUP BY p.ethnicity ORDER BY ALL")
     resp = server.query(*PLANNER[:1], sql, *PLANNER[1:])
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return  # refused
     rows = server.released(resp, "p.jones")["rows"]
     shown = [e for n, _, e in rows if n is None and e in by_size]
@@ -161,7 +140,7 @@ def test_a_count_of_rows_is_rounded_to_the_base_times_the_most_one_person_adds(s
     body = server.released(server.query(*PLANNER[:1], sql, *PLANNER[1:]), PLANNER[0])
     (most,) = raw.execute(
         f"SELECT MAX(n) FROM (SELECT e.snomed_code, e.person_id, COUNT(*) AS n FROM gp_events e "
-        f"WHERE e.person_id IN (SELECT person_id FROM ({_norfolk_residents()})) GROUP BY 1, 2)"
+        f"WHERE e.person_id IN (SELECT person_id FROM ({norfolk_residents()})) GROUP BY 1, 2)"
     ).fetchone()
     band = next(k * 10 ** e for e in range(6) for k in (1, 2, 5) if k * 10 ** e >= most)
     assert most > 1, "someone has several events of one code (else this tests nothing)"

@@ -35,44 +35,23 @@ A fix may refuse such a query (a 4xx), or answer it safely: each passes.
 from __future__ import annotations
 
 import statistics
-import time
-from collections import Counter
 from datetime import date
 
 import httpx
+from attack import (
+    MIN_PEOPLE,
+    PLANNER,
+    RESEARCHER,
+    answered_in_time,
+    norfolk_residents,
+    query_as,
+    refused,
+    rounding_guess,
+    small_groups,
+    timed_query,
+)
 
-PLANNER = ("p.jones", "JOINT-PLANNING", "planning")
-RESEARCHER = ("r.smith", "PRJ-0077", "research")
-NORFOLK = "E10000020"
-MIN_PEOPLE = 8
 #: no disclosure control should take longer than the engine may take to run the query
-BOUND_S = 30.0
-
-
-def _norfolk_residents() -> str:
-    """The Norfolk planner's people, by hand: residents, not opted out."""
-    return (f"SELECT * FROM patients WHERE local_authority_code = '{NORFOLK}' AND person_id "
-            "NOT IN (SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
-
-
-def _query(server, who: tuple[str, str, str], sql: str) -> httpx.Response:
-    sub, project, purpose = who
-    return server.query(sub, sql, project, purpose)
-
-
-def _timed_query(server, who: tuple[str, str, str], sql: str) -> tuple[httpx.Response | None,
-                                                                         float]:
-    """The response (None if it did not come within the bound) and how long it took."""
-    sub, project, purpose = who
-    started = time.monotonic()
-    try:
-        resp = server.client.post(
-            "/v1/queries", headers={"Authorization": f"Bearer {server.token(sub)}"},
-            json={"sql": sql, "project": project, "purpose": purpose},
-            timeout=BOUND_S + 5)
-    except httpx.ReadTimeout:
-        return None, time.monotonic() - started
-    return resp, time.monotonic() - started
 
 
 def test_a_sum_over_one_person_whose_values_are_all_zero_is_not_released(server, raw):
@@ -80,7 +59,7 @@ def test_a_sum_over_one_person_whose_values_are_all_zero_is_not_released(server,
     stays are all 0 days, so the gateway counts no one behind the sum and releases 0 (while
     the count of her admissions beside it is suppressed: she is there)."""
     target = raw.execute(f"""
-        WITH r AS ({_norfolk_residents()}),
+        WITH r AS ({norfolk_residents()}),
         alone AS (SELECT year_of_birth, lsoa_code FROM r GROUP BY ALL HAVING COUNT(*) = 1)
         SELECT r.year_of_birth, r.lsoa_code, COUNT(*) AS stays
         FROM r JOIN alone USING (year_of_birth, lsoa_code)
@@ -92,10 +71,9 @@ def test_a_sum_over_one_person_whose_values_are_all_zero_is_not_released(server,
     sql = ("SELECT SUM(h.length_of_stay) AS total_stay, COUNT(*) AS admissions "
            "FROM patients p JOIN hospital_admissions h ON h.person_id = p.person_id "
            f"WHERE p.year_of_birth = {yob} AND p.lsoa_code = '{lsoa}'")
-    resp = _query(server, PLANNER, sql)
+    resp = query_as(server, PLANNER, sql)
     assert resp.status_code < 500, resp.text
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return
     body = resp.json()
     for row in body["rows"]:
@@ -111,7 +89,7 @@ def test_secondary_suppression_of_many_count_columns_does_not_hang(server, raw):
     cond = "p.ethnicity = 'White' AND p.year_of_birth > 2023"
     (small,) = raw.execute(f"""
         SELECT COUNT(*) FILTER (WHERE n > 0 AND n < {MIN_PEOPLE}) FROM (
-            SELECT COUNT(*) FILTER (WHERE {cond}) AS n FROM ({_norfolk_residents()}) p
+            SELECT COUNT(*) FILTER (WHERE {cond}) AS n FROM ({norfolk_residents()}) p
             GROUP BY CUBE (p.year_of_birth % 10.0, MONTH(p.registration_date) % 10.0,
                            p.ethnicity))""").fetchone()
     assert 0 < small <= 60, "the shape this test needs: the search runs (raw data)"
@@ -119,13 +97,8 @@ def test_secondary_suppression_of_many_count_columns_does_not_hang(server, raw):
     columns = ", ".join(f"COUNT(*) FILTER (WHERE {cond}) AS c{i}" for i in range(100))
     sql = f"SELECT {keys}, {columns} FROM patients p GROUP BY CUBE ({keys})"
     assert len(sql) < 20_000
-    resp, took = _timed_query(server, PLANNER, sql)
-    assert resp is not None and took < BOUND_S, (
-        f"secondary suppression of 100 count columns of one CUBE took over {took:.0f} s "
-        f"(the engine's limit is {BOUND_S:.0f} s)")
-    assert resp.status_code < 500, resp.text
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    resp, took = timed_query(server, PLANNER, sql)
+    answered_in_time(resp, took, "secondary suppression of 100 count columns of one CUBE")
 
 
 def _cuts(first_year: int, last_year: int, months: tuple[int, ...]) -> list[str]:
@@ -151,25 +124,11 @@ def _pinning_query(yob: int, practice: str, cuts: list[str]) -> str:
 def _differences(resp: httpx.Response) -> list[int] | None:
     """The released differences of each pair, or None if the query was refused."""
     assert resp.status_code < 500, resp.text
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return None
     (row,) = resp.json()["rows"] or [[None, None]]
     return [row[k] - row[k + 1] for k in range(0, len(row), 2)
             if row[k] is not None and row[k + 1] is not None]
-
-
-def _small_groups(raw, people: str, sizes: tuple[int, ...]) -> dict[int, tuple[int, str]]:
-    """One (year of birth, practice) group of each size, among ``people``."""
-    found = raw.execute(f"""
-        SELECT year_of_birth, practice_code, COUNT(*) AS n FROM ({people})
-        GROUP BY ALL ORDER BY 1, 2""").fetchall()
-    out: dict[int, tuple[int, str]] = {}
-    for yob, practice, n in found:
-        if n in sizes:
-            out.setdefault(n, (yob, practice))
-    assert set(out) == set(sizes), "the shape this test needs (checked on raw data)"
-    return out
 
 
 def test_many_rounded_columns_of_one_query_pin_a_small_group(server, raw):
@@ -178,13 +137,11 @@ def test_many_rounded_columns_of_one_query_pin_a_small_group(server, raw):
     the group's size t (raw: 1, 3, 6 and 7 people) exactly."""
     cuts = _cuts(1921, 2024, (1, 7))
     pinned = {}
-    for size, (yob, practice) in _small_groups(raw, _norfolk_residents(), (1, 3, 6, 7)).items():
-        diffs = _differences(_query(server, PLANNER, _pinning_query(yob, practice, cuts)))
+    for size, (yob, practice) in small_groups(raw, norfolk_residents(), (1, 3, 6, 7)).items():
+        diffs = _differences(query_as(server, PLANNER, _pinning_query(yob, practice, cuts)))
         if not diffs:
             return
-        seen = Counter(diffs)
-        low = min(seen)
-        pinned[size] = low + round(5 * seen[low + 5] / len(diffs))
+        pinned[size] = rounding_guess(diffs)
     assert any(guess != size for size, guess in pinned.items()), (
         f"one query each pinned small groups of 1 to 7 people exactly (true: guessed): {pinned}")
 
@@ -200,8 +157,8 @@ def test_many_perturbed_columns_of_one_query_pin_a_small_group(server, raw):
                               f"FROM ({cohort})").fetchone()
     cuts = _cuts(first, last, (1, 4, 7, 10))[:170]
     pinned = {}
-    for size, (yob, practice) in _small_groups(raw, cohort, (1, 2)).items():
-        diffs = _differences(_query(server, RESEARCHER, _pinning_query(yob, practice, cuts)))
+    for size, (yob, practice) in small_groups(raw, cohort, (1, 2)).items():
+        diffs = _differences(query_as(server, RESEARCHER, _pinning_query(yob, practice, cuts)))
         if not diffs:
             return
         pinned[size] = round(statistics.mean(diffs))
@@ -217,7 +174,7 @@ def test_the_most_cells_allowed_on_a_large_cube_answer_quickly(server):
     keys = "p.year_of_birth % 10.0, MONTH(p.registration_date) % 10.0, p.ethnicity"
     columns = ", ".join(f"COUNT(*) FILTER (WHERE {cond}) AS c{i}" for i in range(4))
     sql = f"SELECT {keys}, {columns} FROM patients p GROUP BY CUBE ({keys})"
-    resp, took = _timed_query(server, PLANNER, sql)
+    resp, took = timed_query(server, PLANNER, sql)
     assert resp is not None and resp.status_code == 200, resp
     assert took < 10, f"took {took:.1f} s"
     body = resp.json()

@@ -24,36 +24,22 @@ A fix may refuse such a query (a 4xx), or answer it safely: each passes.
 from __future__ import annotations
 
 import statistics
-import time
-from collections import Counter
-from datetime import date
 
 import httpx
+from attack import (
+    PLANNER,
+    RESEARCHER,
+    answered_in_time,
+    cohort,
+    norfolk_residents,
+    query_as,
+    refused,
+    rounding_guess,
+    small_groups,
+    timed_query,
+)
 
-PLANNER = ("p.jones", "JOINT-PLANNING", "planning")
-RESEARCHER = ("r.smith", "PRJ-0077", "research")
-NORFOLK = "E10000020"
 #: no disclosure control should take longer than the engine may take to run the query
-BOUND_S = 30.0
-
-
-def _norfolk_residents() -> str:
-    """The Norfolk planner's people, by hand: residents, not opted out."""
-    return (f"SELECT * FROM patients WHERE local_authority_code = '{NORFOLK}' AND person_id "
-            "NOT IN (SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
-
-
-def _cohort() -> str:
-    """The researcher's people, by hand: the FRAILTY-2025 consented cohort."""
-    today = date(2026, 11, 23).isoformat()
-    return ("SELECT * FROM patients WHERE person_id IN (SELECT person_id FROM study_consents "
-            f"WHERE study_id = 'FRAILTY-2025' AND consented_on <= DATE '{today}' AND "
-            f"(withdrawn_on IS NULL OR withdrawn_on > DATE '{today}'))")
-
-
-def _query(server, who: tuple[str, str, str], sql: str) -> httpx.Response:
-    sub, project, purpose = who
-    return server.query(sub, sql, project, purpose)
 
 
 def _cuts(first_year: int, last_year: int, day_step: int, n: int) -> list[str]:
@@ -80,8 +66,7 @@ def _grouping_sets_query(yob: int, practice: str, cuts: list[str]) -> str:
 def _differences(resp: httpx.Response, n_keys: int) -> list[int] | None:
     """The released differences of each pair of cells, or None if the query was refused."""
     assert resp.status_code < 500, resp.text
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text  # refused, not failed
+    if refused(resp):
         return None
     body = resp.json()
     if body["status"] != "released":
@@ -100,33 +85,18 @@ def _differences(resp: httpx.Response, n_keys: int) -> list[int] | None:
     return diffs
 
 
-def _small_groups(raw, people: str, sizes: tuple[int, ...]) -> dict[int, tuple[int, str]]:
-    """One (year of birth, practice) group of each size, among ``people``."""
-    found = raw.execute(f"""
-        SELECT year_of_birth, practice_code, COUNT(*) AS n FROM ({people})
-        GROUP BY ALL ORDER BY 1, 2""").fetchall()
-    out: dict[int, tuple[int, str]] = {}
-    for yob, practice, n in found:
-        if n in sizes:
-            out.setdefault(n, (yob, practice))
-    assert set(out) == set(sizes), "the shape this test needs (checked on raw data)"
-    return out
-
-
 def test_many_rounded_rows_of_grouping_sets_pin_a_small_group(server, raw):
     """Threshold regime: one count column over 400 one-key grouping sets gives about 380
     pairs of cells differing by the same small group; the share of pairs 5 apart more than
     the least pins the group's size (raw: 1, 3, 6 and 7 people) exactly, in one query each."""
     cuts = _cuts(1921, 2024, 60, 200)
     pinned = {}
-    for size, (yob, practice) in _small_groups(raw, _norfolk_residents(), (1, 3, 6, 7)).items():
-        diffs = _differences(_query(server, PLANNER, _grouping_sets_query(yob, practice, cuts)),
+    for size, (yob, practice) in small_groups(raw, norfolk_residents(), (1, 3, 6, 7)).items():
+        diffs = _differences(query_as(server, PLANNER, _grouping_sets_query(yob, practice, cuts)),
                              2 * len(cuts))
         if not diffs:
             return
-        seen = Counter(diffs)
-        low = min(seen)
-        pinned[size] = low + round(5 * seen[low + 5] / len(diffs))
+        pinned[size] = rounding_guess(diffs)
     assert any(guess != size for size, guess in pinned.items()), (
         f"one query each pinned small groups of 1 to 7 people exactly (true: guessed): {pinned}")
 
@@ -135,11 +105,11 @@ def test_many_perturbed_rows_of_grouping_sets_pin_a_small_group(server, raw):
     """cell_key (min 10 people): the same query over the consented cohort gives about 430
     pairs of perturbed cells; their mean difference is the group's size (raw: 1 and 2)."""
     first, last = raw.execute(f"SELECT MIN(year_of_birth), MAX(year_of_birth) "
-                              f"FROM ({_cohort()})").fetchone()
+                              f"FROM ({cohort()})").fetchone()
     cuts = _cuts(first, last, 50, 220)
     pinned = {}
-    for size, (yob, practice) in _small_groups(raw, _cohort(), (1, 2)).items():
-        diffs = _differences(_query(server, RESEARCHER,
+    for size, (yob, practice) in small_groups(raw, cohort(), (1, 2)).items():
+        diffs = _differences(query_as(server, RESEARCHER,
                                     _grouping_sets_query(yob, practice, cuts)), 2 * len(cuts))
         if not diffs:
             return
@@ -158,19 +128,8 @@ def test_a_thousand_one_key_grouping_sets_do_not_hang(server):
            "p.year_of_birth AS y, DATE_DIFF('day', DATE '1990-01-01', p.registration_date) AS d "
            f"FROM patients p) t GROUP BY GROUPING SETS ({sets})")
     assert len(sql) < 20_000
-    sub, project, purpose = PLANNER
-    started = time.monotonic()
-    try:
-        resp = server.client.post(
-            "/v1/queries", headers={"Authorization": f"Bearer {server.token(sub)}"},
-            json={"sql": sql, "project": project, "purpose": purpose}, timeout=BOUND_S + 5)
-    except httpx.ReadTimeout:
-        resp = None
-    took = time.monotonic() - started
-    assert resp is not None and took < BOUND_S, f"no answer within {took:.0f} s"
-    assert resp.status_code < 500, resp.text
-    if resp.status_code != 200:
-        assert 400 <= resp.status_code < 500, resp.text
+    resp, took = timed_query(server, PLANNER, sql)
+    answered_in_time(resp, took, f"{len(keys)} one-key grouping sets")
 
 
 def test_columns_times_grouping_sets_or_branches_are_capped(server):

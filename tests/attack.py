@@ -1,0 +1,124 @@
+"""Shared by the review-round tests (tests/adversarial/test_review_round_*.py): who attacks,
+the people each caller may see, computed by hand in raw DuckDB, and a query with a deadline."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import httpx
+from conftest import TODAY
+
+PLANNER = ("p.jones", "JOINT-PLANNING", "planning")
+RESEARCHER = ("r.smith", "PRJ-0077", "research")  # cell_key
+DP_RESEARCHER = ("r.smith", "PRJ-0042", "research")
+NORFOLK = "E10000020"
+#: the joint-planning policy's threshold
+MIN_PEOPLE = 8
+#: how long a request may take before a test calls it a hang (the engine's own limit)
+BOUND_S = 30.0
+
+
+def norfolk_residents() -> str:
+    """The Norfolk planner's people, by hand: residents, not opted out."""
+    return (f"SELECT * FROM patients WHERE local_authority_code = '{NORFOLK}' AND person_id "
+            "NOT IN (SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
+
+
+def not_opted_out() -> str:
+    """Everyone but the opted-out: the people of an ICB-wide caller."""
+    return ("SELECT * FROM patients WHERE person_id NOT IN "
+            "(SELECT person_id FROM opt_outs WHERE person_id IS NOT NULL)")
+
+
+def cohort() -> str:
+    """The researcher's people, by hand: consented to FRAILTY-2025 and not withdrawn."""
+    return ("SELECT * FROM patients WHERE person_id IN (SELECT person_id FROM study_consents "
+            f"WHERE study_id = 'FRAILTY-2025' AND consented_on <= DATE '{TODAY}' AND "
+            f"(withdrawn_on IS NULL OR withdrawn_on > DATE '{TODAY}'))")
+
+
+def query_as(server, who: tuple[str, str, str], sql: str) -> httpx.Response:
+    sub, project, purpose = who
+    return server.query(sub, sql, project, purpose)
+
+
+def refused(resp: httpx.Response) -> bool:
+    """Whether the gateway refused: any reply but a 200, which must then be a 4xx (a 500 is a
+    failure, never a refusal)."""
+    if resp.status_code == 200:
+        return False
+    assert 400 <= resp.status_code < 500, resp.text
+    return True
+
+
+def explain_as(server, who: tuple[str, str, str], sql: str) -> dict | None:
+    """The explain output of a permitted query (its executed SQL, its dp plan), or None if the
+    query is refused (a 4xx, or a decision other than permit)."""
+    sub, project, purpose = who
+    resp = server.client.post(
+        "/v1/queries/explain", headers={"Authorization": f"Bearer {server.token(sub)}"},
+        json={"sql": sql, "project": project, "purpose": purpose})
+    if refused(resp) or resp.json()["decision"] != "permit":
+        return None
+    return resp.json()
+
+
+def assert_bounded_without(raw, explained: dict, table: str, person: int) -> None:
+    """dp: the exact bounded count the gateway would noise, run on the raw data with and
+    without one person's rows in ``table``, moves by at most what the noise assumes (cells
+    per person times rows per cell)."""
+    bound = explained["dp"]["cells_per_person"] * explained["output"]["max_rows_per_cell"]
+    executed = explained["executed_sql"]
+    with_her = sum(r[1] for r in raw.execute(executed).fetchall())
+    without = executed.replace(  # every scan of the table, seen through the filters
+        f'FROM "{table}" WHERE', f'FROM "{table}" WHERE "person_id" <> {person} AND')
+    assert without != executed
+    without_her = sum(r[1] for r in raw.execute(without).fetchall())
+    assert abs(with_her - without_her) <= bound, (
+        f"one person moves the bounded count from {without_her} to {with_her}; the noise "
+        f"assumes at most {bound}")
+
+
+def timed_query(server, who: tuple[str, str, str], sql: str
+                ) -> tuple[httpx.Response | None, float]:
+    """The response (None if it did not come within the bound) and how long it took."""
+    sub, project, purpose = who
+    started = time.monotonic()
+    try:
+        resp = server.client.post(
+            "/v1/queries", headers={"Authorization": f"Bearer {server.token(sub)}"},
+            json={"sql": sql, "project": project, "purpose": purpose},
+            timeout=BOUND_S + 5)
+    except httpx.ReadTimeout:
+        return None, time.monotonic() - started
+    return resp, time.monotonic() - started
+
+
+def answered_in_time(resp: httpx.Response | None, took: float, what: str) -> None:
+    """A hang is a failure: the reply must come within BOUND_S, as a 200 or a 4xx."""
+    assert resp is not None and took < BOUND_S, (
+        f"{what} took over {took:.0f} s (the engine's limit is {BOUND_S:.0f} s)")
+    refused(resp)  # a 200 or a 4xx, never a 5xx
+
+
+def rounding_guess(diffs: list[int]) -> int:
+    """The attacker's estimate of a small group's size from many pairs of counts rounded to 5
+    that differ by it: each difference is 5 * (t // 5) or 5 more, the larger in a share
+    (t % 5) / 5 of the pairs."""
+    seen = Counter(diffs)
+    low = min(seen)
+    return low + round(5 * seen[low + 5] / len(diffs))
+
+
+def small_groups(raw, people: str, sizes: tuple[int, ...]) -> dict[int, tuple[int, str]]:
+    """One (year of birth, practice) group of each size, among ``people``."""
+    found = raw.execute(f"""
+        SELECT year_of_birth, practice_code, COUNT(*) AS n FROM ({people})
+        GROUP BY ALL ORDER BY 1, 2""").fetchall()
+    out: dict[int, tuple[int, str]] = {}
+    for yob, practice, n in found:
+        if n in sizes:
+            out.setdefault(n, (yob, practice))
+    assert set(out) == set(sizes), "the shape this test needs (checked on raw data)"
+    return out
