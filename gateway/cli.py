@@ -276,7 +276,17 @@ def _print_result(body: dict) -> None:
     if d.get("held_because"):
         notes.append(f"held for review: {d['held_because']}")
     if d.get("rounded_columns"):
-        notes.append(f"counts rounded to {d['rounding_base']} ({', '.join(d['rounded_columns'])})")
+        # counts of rows where one person adds several are rounded to a larger base
+        bases: dict[int, list[str]] = {}
+        for col in d["rounded_columns"]:
+            base = (d.get("column_rounding_bases") or {}).get(col, d["rounding_base"])
+            bases.setdefault(base, []).append(col)
+        notes.append("counts rounded " + ", ".join(
+            f"to {b} ({', '.join(cols)})" for b, cols in sorted(bases.items())))
+    widened = (d.get("perturbation") or {}).get("column_max") or {}
+    if widened:
+        notes.append("rows perturbed by at most " + ", ".join(
+            f"{m} ({col})" for col, m in widened.items()))
     console.print("; ".join(notes))
     console.print(f"audit entry {body['audit']['seq']} ({body['audit']['hash'][:16]}...)")
 

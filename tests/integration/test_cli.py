@@ -106,6 +106,19 @@ def token_for(state: Path, sub: str, org: str, org_type: str, project: str) -> s
                org_type, "--role", "planner", "--project", project).stdout.strip()
 
 
+def test_the_client_states_each_columns_rounding_base(served):
+    """A count of rows (several admissions a person) is rounded to the larger base the
+    response states, and the client says so beside the count of people at 5."""
+    url, state = served
+    tok = token_for(state, "p.jones", "E10000020", "local_authority", "JOINT-PLANNING")
+    events = ("SELECT h.admission_method, COUNT(DISTINCT h.person_id) AS people, COUNT(*) AS "
+              "spells FROM hospital_admissions h GROUP BY h.admission_method")
+    mixed = run("query", "--url", url, "--token", tok, "--project", "JOINT-PLANNING",
+                "--purpose", "planning", events, env={**os.environ, "COLUMNS": "120"})
+    assert mixed.returncode == 0, mixed.stderr
+    assert "rounded to 5 (people), to " in mixed.stdout and "(spells)" in mixed.stdout
+
+
 def test_serve_query_and_verify_end_to_end(served):
     url, state = served
     tok = token_for(state, "p.jones", "E10000020", "local_authority", "JOINT-PLANNING")
