@@ -217,8 +217,11 @@ def _expand_margin_positions(tree: exp.Expression) -> None:
     for select in list(tree.find_all(exp.Select)):
         group = select.args.get("group")
         for lit in list(group.find_all(exp.Literal)) if group else []:
-            margin = lit.find_ancestor(*MARGINS)
-            if (lit.is_int and margin is not None and margin.find_ancestor(exp.Select) is select
+            # a position is a whole item of the margin, or of a tuple in it: ``ROLLUP (1, 2)``,
+            # ``GROUPING SETS ((1, 2), (1))``; inside an expression (``CUBE (x % 10)``) an
+            # integer is a number, as the engine reads it
+            holder = lit.parent.parent if isinstance(lit.parent, exp.Tuple | exp.Paren) else lit.parent
+            if (lit.is_int and isinstance(holder, MARGINS) and holder.find_ancestor(exp.Select) is select
                     and 1 <= int(lit.this) <= len(select.expressions)):
                 lit.replace(select.expressions[int(lit.this) - 1].unalias().copy())
 
