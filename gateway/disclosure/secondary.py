@@ -38,24 +38,55 @@ Relation = tuple[int, list[int]]  # (margin row, the rows it sums)
 
 
 def relations(shapes: Sequence[RowShape]) -> list[Relation]:
-    """Each margin row equals the sum of the rows one level down that agree with it.
+    """Each margin row equals the sum of the rows of a finer level that agree with it.
 
-    Rows are indexed by (family, rolled columns, the key values on the columns a parent keeps),
-    so that a large ROLLUP is matched in linear time, not by comparing every pair of rows."""
-    index: dict[tuple, list[int]] = {}
+    A level is the set of rolled-up columns. A margin is related to each level just below it
+    among the levels the result holds: one column fewer rolled up in a ROLLUP or CUBE, but
+    also a level that skips some, as ``GROUPING SETS ((a, b), ())`` puts the grand total
+    beside the details with no subtotals between (round 20's note).
+
+    Two levels neither of which is finer (``GROUPING SETS ((a), (b))``, or a UNION of a
+    count by age band and one by sex) each sum to the level that rolls up both: the totals
+    by age band and by sex both add up to everyone. Where the result does not hold that
+    level, its cells are *virtual* rows, numbered from ``len(shapes)`` on: never released,
+    always unknown, so the search below eliminates them like any hidden margin.
+
+    Rows are indexed by (family, finer level, margin level, key values on the columns the
+    margin keeps), so that a large ROLLUP is matched in linear time, not by comparing every
+    pair of rows."""
     width = len(shapes[0].keys) if shapes else 0
+    present: dict[int, set[frozenset[int]]] = {}
+    for ss in shapes:
+        present.setdefault(ss.family, set()).add(ss.rolled)
+    below: dict[tuple[int, frozenset[int]], list[frozenset[int]]] = {}
+    virtual_levels: dict[int, set[frozenset[int]]] = {}
+    for family, levels in present.items():
+        unions = {a | b for a in levels for b in levels if not (a <= b or b <= a)}
+        virtual_levels[family] = unions - levels
+        for upper in levels | virtual_levels[family]:
+            finer = [lv for lv in levels if lv < upper]
+            below[(family, upper)] = [lv for lv in finer
+                                      if not any(lv < mid < upper for mid in finer)]
+    above: dict[tuple[int, frozenset[int]], list[frozenset[int]]] = {}
+    for (family, upper), finers in below.items():
+        for finer in finers:
+            above.setdefault((family, finer), []).append(upper)
+    index: dict[tuple, list[int]] = {}
+    virtual: dict[tuple, int] = {}  # (family, level, kept keys) -> its virtual row
     for s, ss in enumerate(shapes):
-        for k in range(width):
-            if k in ss.rolled:
-                continue
-            parent_rolled = ss.rolled | {k}
-            kept = tuple(_hashable(ss.keys[j]) for j in range(width) if j not in parent_rolled)
-            index.setdefault((ss.family, parent_rolled, k, kept), []).append(s)
+        for upper in above.get((ss.family, ss.rolled), []):
+            kept = tuple(_hashable(ss.keys[j]) for j in range(width) if j not in upper)
+            index.setdefault((ss.family, ss.rolled, upper, kept), []).append(s)
+            if upper in virtual_levels[ss.family]:
+                virtual.setdefault((ss.family, upper, kept), len(shapes) + len(virtual))
     out: list[Relation] = []
-    for p, ps in enumerate(shapes):
-        kept = tuple(_hashable(ps.keys[j]) for j in range(width) if j not in ps.rolled)
-        for k in ps.rolled:
-            children = [s for s in index.get((ps.family, ps.rolled, k, kept), []) if s != p]
+    margins = [(p, ps.family, ps.rolled, tuple(_hashable(ps.keys[j]) for j in range(width)
+                                              if j not in ps.rolled))
+               for p, ps in enumerate(shapes)]
+    margins += [(v, family, level, kept) for (family, level, kept), v in virtual.items()]
+    for p, family, level, kept in margins:
+        for finer in below[(family, level)]:
+            children = [s for s in index.get((family, finer, level, kept), []) if s != p]
             if children:
                 out.append((p, children))
     return out
@@ -86,19 +117,12 @@ def protect(values: Sequence[float | None], suppressed: set[int],
     For a large table, every margin row of a relation is suppressed instead: with all margins
     unknown, any values of the hidden cells fit them, so none can be solved for."""
     primary = set(suppressed)
-    hidden = set(suppressed)
+    hidden = primary | {p for p, _ in rels if p >= len(values)}  # virtual rows are unknown
     added: set[int] = set()
     if not primary or not rels:
         return added
     if quick or len(primary) > MAX_SEARCH_CELLS or len(rels) > MAX_SEARCH_RELATIONS:
-        margins = {p for p, _ in rels if p not in primary and values[p] is not None}
-        # a suppressed margin whose details are all released would be their sum: one goes too
-        for p, children in rels:
-            if p in primary and not any(c in primary or c in margins for c in children):
-                open_ = [c for c in children if values[c] is not None]
-                if open_:
-                    margins.add(min(open_, key=lambda c: (abs(values[c]), c)))
-        return margins
+        return _quick(values, primary, rels)
 
     def cheapest(cells: list[int], parent: int) -> int | None:
         open_ = [c for c in cells if c not in hidden and values[c] is not None]
@@ -130,6 +154,39 @@ def protect(values: Sequence[float | None], suppressed: set[int],
         pick = min(picks, key=lambda c: (abs(values[c]), c))
         hidden.add(pick)
         added.add(pick)
+
+
+def _quick(values: Sequence[float | None], primary: set[int],
+           rels: list[Relation]) -> set[int]:
+    """Every released margin goes, and every row tied through a virtual total to a hidden
+    one: then any values of the hidden cells fit what is released."""
+    n = len(values)
+    out = {p for p, _ in rels if p < n and p not in primary and values[p] is not None}
+    # a suppressed margin whose details are all released would be their sum: one goes too
+    for p, children in rels:
+        if p in primary and not any(c in primary or c in out for c in children):
+            open_ = [c for c in children if values[c] is not None]
+            if open_:
+                out.add(min(open_, key=lambda c: (abs(values[c]), c)))
+    # levels summing to one total (the totals by age band and those by sex, both adding up
+    # to everyone, held by the result or virtual) are tied to one another: where one of
+    # their rows is hidden, all go, so that no level pins the total for the other
+    sums: dict[int, list[list[int]]] = {}
+    for p, children in rels:
+        sums.setdefault(p, []).append(children)
+    tied = [{c for children in parts for c in children}
+            for p, parts in sums.items() if len(parts) > 1]
+    changed = True
+    while changed:
+        changed = False
+        for cells in tied:
+            if any(c in primary or c in out for c in cells):
+                more = {c for c in cells
+                        if c not in primary and c not in out and values[c] is not None}
+                if more:
+                    out |= more
+                    changed = True
+    return out
 
 
 def recoverable(cells: set[int], hidden: set[int], rels: list[Relation]) -> set[int]:

@@ -3,6 +3,8 @@ and no primary-suppressed cell can be solved for from the released cells and the
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from linear import solvable
@@ -127,3 +129,72 @@ def test_a_large_cube_takes_the_quick_way_and_still_protects_every_cell(na, nb, 
     hidden = primary | added
     eqs = system(rows)
     assert not any(solvable(c, hidden, eqs) for c in primary)
+
+
+@st.composite
+def grouping_set_tables(draw):
+    """GROUPING SETS over two or three keys, holding any of the levels (each a set of keys
+    rolled up). A level may be skipped (the grand total beside the details, round 20's
+    note), and two may be incomparable (totals by a beside totals by b, which both add up to
+    everyone, a row the result need not hold)."""
+    sizes = draw(st.lists(st.integers(1, 4), min_size=2, max_size=3))
+    details = {key: draw(st.one_of(st.integers(0, 9), st.integers(0, 60)))
+               for key in itertools.product(*(range(n) for n in sizes))}
+    every = [frozenset(c) for r in range(len(sizes) + 1)
+             for c in itertools.combinations(range(len(sizes)), r)]
+    levels = draw(st.sets(st.sampled_from(every), min_size=2))
+    cells: dict = {}
+    for level in sorted(levels, key=len):
+        for key, n in details.items():
+            rolled = tuple(None if j in level else v for j, v in enumerate(key))
+            cells[rolled] = cells.get(rolled, 0) + n
+    return list(cells.items()), sorted(details)
+
+
+def latent_system(rows, details):
+    """The truth, whatever levels the result holds: each row is the sum of the details it
+    covers, and the details a result leaves out are unknowns numbered after its rows."""
+    latent = {key: len(rows) + i for i, key in enumerate(details)}
+    eqs = [(r, [latent[d] for d in details
+                if all(k is None or k == v for k, v in zip(key, d, strict=True))])
+           for r, (key, _) in enumerate(rows)]
+    return eqs, set(latent.values())
+
+
+@settings(max_examples=500, deadline=None)
+@given(grouping_set_tables(), st.booleans())
+def test_no_cell_is_recoverable_through_skipped_or_incomparable_levels(table, quick):
+    cells, details = table
+    width = len(details[0])
+    names = [f"k{j}" for j in range(width)]
+    rows = [[*key, n] for key, n in cells]
+    people = [[None] * width + [n] for _, n in cells]
+    out = apply_threshold(rows, [*names, "n"], ["group_key"] * width + ["aggregate"],
+                          [False] * width + [True], people, min_people=K, rounding_base=BASE)
+    primary = {s.row for s in out.suppressed}
+    shapes = [RowShape(0, frozenset(j for j, v in enumerate(key) if v is None), key)
+              for key, _ in cells]
+    extra = protect([n for _, n in cells], primary, relations(shapes), quick=quick)
+    assert all(r < len(cells) for r in extra)
+    eqs, latent = latent_system(cells, details)
+    for cell in primary:
+        assert not solvable(cell, primary | extra | latent, eqs), (
+            f"cell {cells[cell]} can be solved for")
+
+
+def test_the_grand_total_beside_the_details_is_related_to_them():
+    cells = [(("x", "m"), 3), (("x", "f"), 40), (("y", "m"), 25), ((None, None), 68)]
+    shapes = [RowShape(0, frozenset({0, 1}) if k[0] is None else frozenset(), k)
+              for k, _ in cells]
+    assert relations(shapes) == [(3, [0, 1, 2])]
+    assert protect([v for _, v in cells], {0}, relations(shapes)) == {2}
+
+
+def test_totals_by_two_keys_are_tied_through_everyone():
+    """GROUPING SETS ((a), (b)): the totals by a and by b both add up to everyone, a row the
+    result does not hold; 3 = (40 + 28) - 65 unless one more total goes too (the smallest)."""
+    cells = [(("x", None), 3), (("y", None), 65), ((None, "m"), 40), ((None, "f"), 28)]
+    shapes = [RowShape(0, frozenset({1}) if k[1] is None else frozenset({0}), k)
+              for k, _ in cells]
+    assert relations(shapes) == [(4, [0, 1]), (4, [2, 3])]
+    assert protect([v for _, v in cells], {0}, relations(shapes)) == {3}
