@@ -22,6 +22,11 @@ derived tables and CTEs), and the rewrite regenerates the column list into the e
   analysis never sees. With the lookup copy above, an NHS number gives that person's date of
   birth and postcode in one released row; alone, postcode districts are released as "LSOA
   codes".
+- *A CTE reference (any policy).* The rewrite replaces base-table scans only, so ``FROM e AS
+  x(event_date, person_id)`` over a CTE keeps its column list even under row filters: DuckDB's
+  ``x.person_id`` is the event date, and the gateway counts event dates as the people behind
+  a cell. One resident with a dozen GP events is released with her registration date and
+  small area as group keys.
 
 A fix may refuse such a query (a 4xx), or answer it safely: each passes.
 """
@@ -108,3 +113,32 @@ def test_postcodes_are_not_released_as_small_areas(server, raw):
         "SELECT DISTINCT SUBSTRING(lsoa_code, 1, 4) FROM patients").fetchall()}
     leaked = [r for r in rows if r[0] in districts - lsoas and r[1] is not None]
     assert not leaked, f"postcode districts released as small areas: {leaked[:5]}"
+
+
+def test_a_renamed_cte_reference_moves_the_person_key(server, raw):
+    """Threshold, row-filtered: a CTE is never rewritten, so ``FROM e AS x(event_date,
+    person_id)`` keeps its column list whatever the policy. DuckDB's ``x.person_id`` is then
+    the event date, which the gateway takes as the person behind each row: one resident's
+    events count as many "people" as she has event dates, and her registration date and small
+    area are released as the keys of a cell of one person."""
+    row = raw.execute(f"""
+        SELECT p.person_id, p.year_of_birth, p.practice_code,
+               CAST(p.registration_date AS VARCHAR), p.lsoa_code
+        FROM ({norfolk_residents()}) p
+        WHERE (p.year_of_birth, p.practice_code) IN (
+            SELECT (year_of_birth, practice_code) FROM ({norfolk_residents()})
+            GROUP BY ALL HAVING COUNT(*) = 1)
+          AND (SELECT COUNT(DISTINCT event_date) FROM gp_events g
+               WHERE g.person_id = p.person_id) >= 12
+        ORDER BY p.person_id LIMIT 1""").fetchone()
+    assert row is not None, "the shape this test needs (checked on raw data)"
+    _, yob, practice, registered, lsoa = row
+    sql = ("WITH e AS (SELECT g.person_id, g.event_date, p.registration_date, p.lsoa_code "
+           "FROM gp_events g JOIN patients p ON p.person_id = g.person_id "
+           f"WHERE p.year_of_birth = {yob} AND p.practice_code = '{practice}') "
+           "SELECT x.registration_date, x.lsoa_code, COUNT(*) AS events "
+           "FROM e AS x(event_date, person_id) GROUP BY 1, 2")
+    rows = _released_rows(query_as(server, PLANNER, sql))
+    shown = [r for r in rows if r[2] is not None]
+    assert not shown, (f"one resident (raw: registered {registered} in {lsoa}) was released "
+                       f"as {shown}")
