@@ -444,6 +444,15 @@ def _check_tables(tree: exp.Select, catalogue: Catalogue) -> set[str]:
         if table.args.get("db") or table.args.get("catalog"):
             raise SqlRejected(f"qualified table name {table.sql(dialect=DIALECT)!r} is not "
                               "allowed", hint="name catalogue tables without a schema")
+        alias = table.args.get("alias")
+        if alias is not None and alias.args.get("columns"):
+            # ``lsoa_lookup AS l(icb_code, lsoa_code)`` renames columns by position in the
+            # engine, while every rule here reads them by name: the lookup's local authority
+            # code passed for its small area, the NHS number for a sex (review round 22)
+            raise SqlRejected(
+                f"a column list on the table alias {alias.name!r} is not allowed",
+                hint=f"write {table.name} AS {alias.name} and rename columns in the SELECT "
+                     "list (col AS new_name)")
         name = table.name.lower()
         if name in ctes:
             continue
