@@ -7,16 +7,20 @@ in by the *shape of the outer query*, as if a plain GROUP BY put each person in 
 It does not when the rows are events: a person is in one cell per row of theirs. A CTE
 numbers each person's GP events (``ROW_NUMBER() OVER (PARTITION BY person_id ...)``, a
 window within a person, allowed), keeps the people with at least four, and joins the
-numbered events to themselves three times on ``person_id``: every such person then has
-exactly 64 rows, tagged 0 to 63, one row per tag. One count column grouped by ``(tag,
+numbered events to themselves four times on ``person_id``: every such person then has
+exactly 256 rows, tagged 0 to 255, one row per tag. One count column grouped by ``(tag,
 flag)``, where the flag is ``(cut OR g)`` on even tags and ``(cut AND NOT g)`` on odd ones,
-for a cut that changes with the pair of tags (registration dates), releases 128 cells, each
-resting on hundreds of people, each rounded on its own: 64 pairs that differ by exactly the
-small group G. The row bound sees one row per person per cell (it is), so the base stays 5,
-and the cap sees one column and one grouping set. As in rounds 20 and 21, the share of pairs
-whose difference is 5 higher pins the size of G (raw: 1, 2, 3, 4 and 5 people, each pinned
-exactly by one query); under ``cell_key`` the mean of the 64 perturbed differences is G's
-size (raw: 1 and 2, to within 0.05).
+for a cut that changes with the pair of tags (registration dates), releases 512 cells, each
+resting on hundreds of people, each rounded on its own: 256 pairs of cells (the TRUE and
+the FALSE cells of 128 pairs of tags) that differ by exactly the small group G, from one
+query of under 1,000 characters. The row bound sees one row per person per cell (it is), so the
+base stays 5, and the caps see one column and one grouping set. As in rounds 20 and 21, the
+share of pairs whose difference is 5 higher pins the size of G (raw 1, 2, 3 and 4 people:
+guessed 1, 2, 3 and 4, one query each); under ``cell_key`` the mean of the 256 perturbed
+differences is G's size (raw 1 and 2: means 0.84 and 1.96). Nothing bounds the number of
+such cells but the row cap (4,096 tags answer in 3 s), so a fix must bound the cells one
+person's *rows* can fall in, not the shape of the outer query. ``dp`` does already
+(``max_cells_per_person``: 5 cells a person are kept); threshold and ``cell_key`` do not.
 
 A fix may refuse such a query (a 4xx), or answer it safely: each passes.
 """
@@ -99,8 +103,8 @@ def _differences(resp: httpx.Response) -> list[int] | None:
 
 
 def test_many_rounded_rows_of_a_plain_group_by_pin_a_small_group(server, raw):
-    """Threshold regime: one count column, one grouping set, but 64 rows per person (their
-    first four GP events joined to themselves three times, numbered): 128 cells, 64 pairs
+    """Threshold regime: one count column, one grouping set, but 256 rows per person (their
+    first four GP events joined to themselves four times, numbered): 512 cells, 256 pairs
     differing by the same small group; the share of pairs 5 apart more than the least pins
     the group's size exactly, in one query each."""
     pinned = {}
@@ -117,7 +121,7 @@ def test_many_rounded_rows_of_a_plain_group_by_pin_a_small_group(server, raw):
 
 def test_many_perturbed_rows_of_a_plain_group_by_pin_a_small_group(server, raw):
     """cell_key (min 10 people): the same query over the consented cohort; the mean of the
-    64 perturbed differences is the group's size."""
+    256 perturbed differences is the group's size."""
     pinned = {}
     for size, (yob, practice) in _groups_among_the_tagged(raw, cohort(), 10).items():
         diffs = _differences(query_as(server, RESEARCHER, _tagged_rows_query(yob, practice)))
