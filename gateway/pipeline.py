@@ -50,7 +50,7 @@ from gateway.errors import (
 from gateway.operations import Busy, EngineSlots, Metrics, RateLimited, RateLimiter, StageTimer
 from gateway.results import ResultStore
 from gateway.settings import Settings
-from gateway.sql.analysis import Analysis, analyse
+from gateway.sql.analysis import MAX_CELLS_PER_PERSON, Analysis, analyse, grouping_sets
 from gateway.sql.dp_rewrite import DpPlan, rewrite_dp
 from gateway.sql.rewrite import Plan, rewrite
 from policies import Caller, Decision, Facts, Obligations, PolicySet, decide
@@ -121,20 +121,28 @@ class Pipeline:
                       tables=analysis.tables, columns=analysis.columns, today=self.today())
         return decide(facts, self.policies, self.catalogue)
 
-    def _row_bound(self, plan: Plan, raw: RawResult, record: dict[str, Any]) -> dict[int, int]:
+    def _row_bound(self, analysis: Analysis, plan: Plan, raw: RawResult,
+                   record: dict[str, Any]) -> dict[int, int]:
         """Per count column, the scale of its rounding or perturbation: the most rows one
         person adds (see rewrite.row_bound), raised to 1, 2, 5, 10, 20, 50, ... so that the
-        figure says little about that one person."""
-        if plan.row_max_index:  # found by the single pass, per cell: the column's largest
-            return {c: _band(max((row[h] for row in raw.rows if row[h] is not None),
-                                 default=0)) for c, h in plan.row_max_index}
-        if plan.row_bound is None:
+        figure says little about that one person. And no person's rows may fall in more
+        cells than one query may hold for a person (review round 22)."""
+        if plan.cells_index is not None:  # found by the single pass, per cell
+            per_cell = {c: max((row[h] for row in raw.rows if row[h] is not None), default=0)
+                        for c, h in plan.row_max_index}
+            cells = max((row[plan.cells_index] for row in raw.rows
+                         if row[plan.cells_index] is not None), default=0)
+        elif plan.row_bound is not None:
+            record["row_bound_sql"] = plan.row_bound.sql
+            got = self.engine.execute(plan.row_bound.sql,
+                                      timeout_s=self.settings.query_timeout_s, row_cap=1)
+            row = got.rows[0] if got.rows else [None] * (len(plan.row_bound.columns) + 1)
+            per_cell = dict(zip(plan.row_bound.columns, row[:-1], strict=True))
+            cells = row[-1] or 0
+        else:
             return {}
-        record["row_bound_sql"] = plan.row_bound.sql
-        got = self.engine.execute(plan.row_bound.sql, timeout_s=self.settings.query_timeout_s,
-                                  row_cap=1)
-        row = got.rows[0] if got.rows else [None] * len(plan.row_bound.columns)
-        return {c: _band(m) for c, m in zip(plan.row_bound.columns, row, strict=True)}
+        _check_cells(analysis, cells, record)
+        return {c: _band(m) for c, m in per_cell.items()}
 
     def _control(self, analysis: Analysis, plan: Plan, raw: RawResult, decision: Decision,
                  contributions: RawResult | None = None,
@@ -424,7 +432,7 @@ class Pipeline:
                         contributions = self.engine.execute(
                             plan.contributions.sql, timeout_s=self.settings.query_timeout_s,
                             row_cap=self.settings.row_cap)
-                    per_person = self._row_bound(plan, raw, record)
+                    per_person = self._row_bound(analysis, plan, raw, record)
                 stage = timer.enter("control")
                 body = self._control(analysis, plan, raw, decision, contributions, per_person)
         except GatewayError as err:
@@ -696,6 +704,26 @@ def _row_shapes(analysis: Analysis, plan: Plan, raw: RawResult) -> list[RowShape
                                 and any(pk[i] == "group_key" for pk in peers)))
     return [RowShape(families[rows_sql[row[plan.branch_index]]],
                      rolled[row[plan.branch_index]], key_values(row)) for row in raw.rows]
+
+
+def _check_cells(analysis: Analysis, cells: int, record: dict[str, Any]) -> None:
+    """Refuse a result in which one person's rows fall in more cells than the query's shape
+    may give a person: each cell is one rounding or perturbation, and cells that differ by
+    one small group, by the hundred, average them away (rounds 20 to 22). ``cells`` counts a
+    person's (detail cell, UNION branch) groups; every aggregate column is a cell too, and
+    so is every grouping set a detail cell adds up into."""
+    aggregates = sum(o.kind == "aggregate" for o in analysis.outputs)
+    sets = grouping_sets(analysis.tree) if analysis.margins else 1
+    total = cells * aggregates * sets
+    record["cells_per_person"] = total
+    if total > MAX_CELLS_PER_PERSON:
+        raise SqlRejected(
+            f"one person's rows fall in {total} cells of the result ({cells} groups of the "
+            f"table times {aggregates} aggregate column(s)"
+            + (f" times {sets} grouping sets" if sets > 1 else "")
+            + f"); at most {MAX_CELLS_PER_PERSON} are allowed",
+            hint="count people rather than rows, or split the table into several queries "
+                 "(fewer codes, periods or aggregate columns each)")
 
 
 def _request_record(event: str, req: QueryRequest) -> dict[str, Any]:

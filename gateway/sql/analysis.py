@@ -169,7 +169,7 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
         raise SqlRejected(
             f"the query has {aggregates} aggregate columns; at most {MAX_AGGREGATE_COLUMNS} are "
             "allowed in one query", hint="split the table into several queries")
-    cells = aggregates * sum(_grouping_sets(q) for q in outers)
+    cells = aggregates * sum(grouping_sets(q) for q in outers)
     if cells > MAX_CELLS_PER_PERSON:
         # One person is in one cell per column per grouping set (or UNION branch): that many
         # separately rounded or perturbed cells. Sets that differ by one small group, by the
@@ -190,7 +190,7 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
                     tuple(_rows_sql(q) for q in outers), margins)
 
 
-def _grouping_sets(select: exp.Select) -> int:
+def grouping_sets(select: exp.Select) -> int:
     """How many grouping sets a select's GROUP BY makes: a person is in one row of each."""
     group = select.args.get("group")
     n = 1

@@ -27,6 +27,7 @@ from gateway.sql.analysis import (
     OutputColumn,
     bare_origin,
     counts_people,
+    group_keys,
     is_person_key,
     may_be_null,
     outer_selects,
@@ -55,8 +56,10 @@ class Contributions:
 @dataclass(frozen=True)
 class RowBound:
     """A second query: the most one person adds to each count column, over all the rows the
-    query counts (an upper bound on what they add to any one cell). One row: per column in
-    ``columns``, that maximum."""
+    query counts (an upper bound on what they add to any one cell), and the most cells of the
+    result one person's rows fall in. One row: per column in ``columns``, that maximum, then
+    the cells (counted once per distinct detail cell and UNION branch: margins multiply it
+    by their grouping sets, which the caller knows)."""
 
     sql: str
     columns: tuple[int, ...]
@@ -83,6 +86,9 @@ class Plan:
     #: single pass: (count column, hidden column) pairs holding, per cell, the most one
     #: person adds to it (in place of the row_bound query)
     row_max_index: tuple[tuple[int, int], ...] = ()
+    #: single pass: the hidden column holding, per cell, the most cells of the result any
+    #: one of its people is in (in place of the row_bound query)
+    cells_index: int | None = None
 
 
 def rewrite(
@@ -90,36 +96,44 @@ def rewrite(
     top_n: int = 2, cell_keys: bool = False,
 ) -> Plan:
     plan = _rewrite(analysis, obligations, catalogue, row_cap, top_n, cell_keys)
-    if not plan.person_level or plan.row_max_index:
+    if not plan.person_level or plan.cells_index is not None:
         return plan
     return replace(plan, row_bound=row_bound(analysis, obligations, catalogue))
 
 
 def row_bound(analysis: Analysis, obligations: Obligations, catalogue: Catalogue
               ) -> RowBound | None:
-    """The query that finds how many rows one person can add to each count column.
+    """The query that finds how many rows one person can add to each count column, and in
+    how many cells of the result one person's rows fall.
 
     Rounding to 5 and a perturbation of at most 2 are sized for counts in which one person
     moves a value by one. A count of rows moves by as many rows as the person has there, and
     a query can fix that number (five rows each, by a per-person HAVING or ROW_NUMBER), which
     makes a count of rows an exact multiple of a count of people (review round 17). Each
-    count column is regrouped by (cell, person), or by person alone under ROLLUP, CUBE and
-    GROUPING SETS, whose totals add a person's cells up: the largest value is the most anyone
-    adds to any one cell. Columns that count people, and counts over one row per person, add
-    at most one and are not asked.
+    branch is regrouped by (cell, person): the largest value is the most anyone adds to any
+    one cell; under ROLLUP, CUBE and GROUPING SETS, whose totals add a person's cells up, the
+    largest sum over a person's cells. Columns that count people, and counts over one row
+    per person, add at most one and are not asked.
+
+    Each rounded or perturbed cell is one draw, and cells that differ by one small group,
+    by the hundred, average the draws away (rounds 20 and 21). The caps on aggregate columns
+    and grouping sets bound that from the query's shape only when each person is one row;
+    a person with many rows is in one cell per row, and a query can give everyone 256 rows
+    tagged 0 to 255 (round 22). So the same query counts, per person, the (cell, person)
+    groups: the cells that person is in.
     """
     columns = [i for i, o in enumerate(analysis.outputs)
                if o.kind == "aggregate" and o.shape == "count"]
-    if not columns:
-        return None
     tree = analysis.tree.copy()
     _safe_casts(tree)
     scopes = {id(s.expression): s for s in traverse_scope(tree)}
     parts = []
     asked: set[int] = set()
+    several = False  # whether some branch can hold several rows of one person
     for branch in outer_selects(tree):
         scope = scopes[id(branch)]
         one_row_each = _one_row_per_person(scope, catalogue)
+        several = several or not one_row_each
         rowpid = _row_person(scope, catalogue)
         select = [exp.alias_(rowpid.copy(), "__pid")]
         for i in columns:
@@ -129,9 +143,9 @@ def row_bound(analysis: Analysis, obligations: Obligations, catalogue: Catalogue
                 continue
             asked.add(i)
             select.append(exp.alias_(proj.copy(), f"__m{i}"))
-        # per (cell, person) where the cells are plain groups; with margins, per person (a
-        # total adds up a person's rows across its cells)
-        cells = [] if analysis.margins else [
+        # per (detail cell, person)
+        group = branch.args.get("group")
+        cells = [k.copy() for k in group_keys(group)] if analysis.margins else [
             branch.expressions[k].unalias().copy() for k, o in enumerate(analysis.outputs)
             if o.kind == "group_key"
             and not isinstance(branch.expressions[k].unalias(), exp.Literal)]
@@ -141,7 +155,7 @@ def row_bound(analysis: Analysis, obligations: Obligations, catalogue: Catalogue
         for arg in ("order", "limit", "having", "qualify", "distinct"):
             per_person.set(arg, None)
         parts.append(per_person)
-    if not asked:
+    if not asked and not several:
         return None
     # the branches keep the query's CTEs (a UNION's WITH sits on the root)
     with_ = tree.args.get("with")
@@ -151,9 +165,20 @@ def row_bound(analysis: Analysis, obligations: Obligations, catalogue: Catalogue
     if with_ is not None and isinstance(body, exp.Union):
         body.set("with", with_.copy())
     inner = exp.Subquery(this=body, alias=exp.TableAlias(this=exp.to_identifier("__pp")))
-    query = exp.select(*[exp.alias_(exp.Max(this=exp.Abs(this=exp.column(f"__m{i}"))), f"__m{i}")
-                         for i in columns]).from_(inner).where(
-        exp.Not(this=exp.Is(this=exp.column("__pid"), expression=exp.Null())))
+    # per person: the most added to one cell (a total adds up the person's cells), and cells
+    over = exp.Sum if analysis.margins else exp.Max
+    person = exp.select(
+        exp.column("__pid"),
+        *[exp.alias_(over(this=exp.Abs(this=exp.column(f"__m{i}"))), f"__m{i}")
+          for i in columns],
+        exp.alias_(exp.Count(this=exp.Star()), "__cells"),
+    ).from_(inner).where(
+        exp.Not(this=exp.Is(this=exp.column("__pid"), expression=exp.Null()))
+    ).group_by(exp.column("__pid"))
+    query = exp.select(*[exp.alias_(exp.Max(this=exp.column(f"__m{i}")), f"__m{i}")
+                         for i in columns],
+                       exp.alias_(exp.Max(this=exp.column("__cells")), "__cells")).from_(
+        exp.Subquery(this=person, alias=exp.TableAlias(this=exp.to_identifier("__per"))))
     _filter_scans(query, obligations, catalogue)
     return RowBound(query.sql(dialect=DIALECT), tuple(columns))
 
@@ -589,6 +614,9 @@ def _single_pass(
 
     inner = [exp.alias_(key_exprs[i], f"__k{i}") for i in keys]
     inner.append(exp.alias_(rowpid.copy(), "__pid"))
+    # the cells this person is in: their (cell, person) groups (see row_bound, round 22)
+    inner.append(exp.alias_(exp.Window(this=exp.Count(this=exp.Star()),
+                                       partition_by=[rowpid.copy()]), "__ncells"))
     outer: list[exp.Expression] = []
     people: list[exp.Expression] = []
     cell_keys_sql: list[exp.Expression] = []
@@ -644,7 +672,10 @@ def _single_pass(
     row_max = [exp.alias_(exp.Max(this=exp.Abs(this=exp.column(
         f"__s{i}" if isinstance(aggs[i][0], exp.Sum) else f"__c{i}"))), f"__rows{i}")
         for i in counts]
-    query = exp.select(*outer, *people, *tops, *cell_keys_sql, *row_max).from_(
+    someone = exp.Not(this=exp.Is(this=exp.column("__pid"), expression=exp.Null()))
+    cells_max = exp.alias_(exp.Filter(this=exp.Max(this=exp.column("__ncells")),
+                                      expression=exp.Where(this=someone)), "__cells")
+    query = exp.select(*outer, *people, *tops, *cell_keys_sql, *row_max, cells_max).from_(
         exp.Subquery(this=tree, alias=exp.TableAlias(this=exp.to_identifier("__pp"))))
     if keys:
         query = query.group_by(*[exp.column(f"__k{i}") for i in keys])
@@ -669,4 +700,5 @@ def _single_pass(
     first_max = start + len(cell_keys_sql)
     return Plan(query.sql(dialect=DIALECT), outputs, tuple(people_index), True, row_cap,
                 contributions, key_index=tuple(key_index) if cell_keys else (),
-                row_max_index=tuple((i, first_max + n) for n, i in enumerate(counts)))
+                row_max_index=tuple((i, first_max + n) for n, i in enumerate(counts)),
+                cells_index=first_max + len(counts))
