@@ -128,3 +128,19 @@ def test_a_duplicated_derived_column_name_unbounds_one_persons_dp_contribution(s
     assert abs(with_her - without_her) <= bound, (
         f"one person (person {pid}, admitted with {dx}) moves the bounded count from "
         f"{without_her} to {with_her}; the noise assumes at most {bound}")
+
+
+def test_order_by_a_name_shared_by_a_key_and_a_count_ranks_exact_counts(server, raw):
+    """``SELECT p.practice_code AS n, COUNT(*) AS n ... ORDER BY n``: the analysis reads ``n``
+    in ORDER BY as the first output of that name (the key) and lets it through; DuckDB binds
+    it to the *last* (the count), so the released rows are ranked by their exact counts. Cells
+    rounded to the same multiple of 5 come out in the order of their exact values (98, 98,
+    100, 101, 102 all released as 100), which the rule against ORDER BY an aggregate on the
+    outer query exists to prevent. (The regenerated SQL keeps ``ORDER BY "n"`` as written.)"""
+    sql = ("SELECT p.practice_code AS n, COUNT(*) AS n FROM patients p GROUP BY 1 ORDER BY n")
+    rows = _released_rows(query_as(server, PLANNER, sql))
+    exact = dict(raw.execute(
+        f"SELECT practice_code, COUNT(*) FROM ({norfolk_residents()}) GROUP BY 1").fetchall())
+    shown = [exact[r[0]] for r in rows if r[1] is not None]
+    assert len(shown) < 10 or shown != sorted(shown), (
+        f"{len(shown)} practices released in the order of their exact counts: {shown[:12]}")
