@@ -144,3 +144,28 @@ def test_order_by_a_name_shared_by_a_key_and_a_count_ranks_exact_counts(server, 
     shown = [exact[r[0]] for r in rows if r[1] is not None]
     assert len(shown) < 10 or shown != sorted(shown), (
         f"{len(shown)} practices released in the order of their exact counts: {shown[:12]}")
+
+
+def test_order_by_an_expression_of_a_count_alias_gives_exact_counts(server, raw):
+    """``ORDER BY c % 5, k`` with ``COUNT(*) AS c``: the rule against ORDER BY an aggregate
+    looks at a bare alias or position only (``_names_aggregate``), and sqlglot leaves the
+    alias inside the expression unexpanded (``ORDER BY "c" % 5``), which DuckDB binds to the
+    exact count. The released rows come out grouped by their exact residue modulo the
+    rounding base, each group sorted by key: where the key order starts again, the residue
+    goes up by one. With the rounded value that gives every released count exactly, in one
+    query (60 of 60 practices here), so rounding no longer hides the small differences
+    between cells."""
+    sql = ("SELECT p.practice_code AS k, COUNT(*) AS c FROM patients p GROUP BY 1 "
+           "ORDER BY c % 5, k")
+    rows = [r for r in _released_rows(query_as(server, PLANNER, sql)) if r[1] is not None]
+    exact = dict(raw.execute(
+        f"SELECT practice_code, COUNT(*) FROM ({norfolk_residents()}) GROUP BY 1").fetchall())
+    residue, previous, recovered = 0, None, 0
+    for key, rounded in rows:
+        if previous is not None and key < previous:
+            residue += 1
+        previous = key
+        guess = next(rounded + d for d in (-2, -1, 0, 1, 2) if (rounded + d) % 5 == residue)
+        recovered += guess == exact[key]
+    assert len(rows) < 10 or recovered < len(rows) // 2, (
+        f"{recovered} of {len(rows)} released counts recovered exactly from their order")
