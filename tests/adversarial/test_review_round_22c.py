@@ -27,6 +27,16 @@ The engine's first-match binding of a duplicated name is the same for the user's
 the gateway's own generated reference to the person key that moves. (``may_be_null`` also
 reads the first match, which is why the DP query adds ``WHERE s.k IS NOT NULL``.)
 
+**ORDER BY on the outer query: the rule reads a bare name the way sqlglot does, DuckDB binds
+it otherwise.** The rule that the outer query may not be ordered by an aggregate (the order
+would rank suppressed and rounded cells) checks a bare alias against the *first* output of
+that name, and does not look inside expressions. DuckDB binds a duplicated ORDER BY alias to
+the *last* output of that name (``SELECT p.practice_code AS n, COUNT(*) AS n ... ORDER BY
+n`` orders by the count), and binds an alias inside an ORDER BY expression to the output
+(``ORDER BY c % 5, k``, which sqlglot regenerates as written). The second gives every
+released count of a threshold query exactly, from its rounded value and its position.
+(``_check_union_order`` uses the same ``_names_aggregate``.)
+
 A fix may refuse such a query (a 4xx), or answer it safely: each passes.
 """
 
