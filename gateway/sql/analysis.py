@@ -139,6 +139,11 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
     _check_depth(tree, max_depth)
     _check_nodes(tree)
     ctes = _check_tables(tree, catalogue)
+    for ident in tree.find_all(exp.Identifier):
+        if ident.name.startswith("__"):
+            # the rewrite names its own hidden columns and subqueries so (__pid, __pp, ...)
+            raise SqlRejected(f"the name {ident.name!r} is reserved: names starting with two "
+                              "underscores belong to the gateway", hint="rename it")
     _expand_margin_positions(tree)
     original = tree.copy()
     try:
@@ -153,6 +158,7 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
         raise SqlRejected(f"cannot analyse the query: {exc}") from None
     if not isinstance(qualified, exp.Select | exp.Union):
         raise SqlRejected("only a SELECT is allowed")
+    _check_output_names(qualified)
     outers = outer_selects(qualified)
     columns, tables = _resolve(qualified, catalogue, ctes, outers)
     if not tables:
@@ -280,6 +286,20 @@ def _combine(branches: list[tuple[OutputColumn, ...]]) -> tuple[OutputColumn, ..
         combined.append(OutputColumn(col.name, kind, shape if kind == "aggregate" else "",
                                      additive if kind == "aggregate" else False))
     return tuple(combined)
+
+
+def _check_output_names(tree: exp.Expression) -> None:
+    """No select may name two of its columns alike. The engine reads a repeated name (in any
+    case) as the *first* column so named, and ORDER BY as the last, while the rewrite refers
+    to the person key and to each aggregate by its name: ``g.event_date AS k, g.person_id AS
+    k`` made the gateway count event dates as the people behind a cell (review round 22)."""
+    for select in tree.find_all(exp.Select):
+        seen: set[str] = set()
+        for name in select.named_selects:
+            if name.lower() in seen:
+                raise SqlRejected(f"the column name {name!r} is used twice in one SELECT",
+                                  hint="give each column its own name (col AS other_name)")
+            seen.add(name.lower())
 
 
 def _check_union_order(tree: exp.Expression, outers: list[exp.Select]) -> None:
@@ -984,8 +1004,16 @@ def _names_aggregate(ordered: exp.Expression, tree: exp.Select) -> bool:
     if isinstance(term, exp.Literal) and term.is_int:
         idx = int(term.this) - 1
         target = tree.expressions[idx] if 0 <= idx < len(tree.expressions) else None
-    elif isinstance(term, exp.Column) and not term.table:
-        target = next((p for p in tree.expressions if p.alias_or_name == term.name), None)
+    elif term is not None:
+        # a name inside an expression binds to the output column too: ORDER BY c % 5 sorted
+        # by the exact count's remainder, which with the rounded count gave it exactly
+        # (review round 22)
+        for col in [c for c in term.find_all(exp.Column) if not c.table]:
+            target = next((p for p in tree.expressions
+                           if p.alias_or_name.lower() == col.name.lower()
+                           and _aggregates_of(p.unalias(), tree)), None)
+            if target is not None:
+                return True
     return bool(target is not None and _aggregates_of(target.unalias(), tree))
 
 

@@ -179,3 +179,32 @@ def test_order_by_an_expression_of_a_count_alias_gives_exact_counts(server, raw)
         recovered += guess == exact[key]
     assert len(rows) < 10 or recovered < len(rows) // 2, (
         f"{recovered} of {len(rows)} released counts recovered exactly from their order")
+
+
+def test_names_the_gateway_uses_for_itself_are_reserved(server):
+    """The rewrite's hidden columns and subqueries are named __pid, __pp, __cells, ...: a
+    caller's alias may not take one of those names."""
+    sql = ("SELECT s.k, COUNT(*) AS n FROM (SELECT p.person_id, p.sex AS k, "
+           "p.year_of_birth AS __pid FROM patients p) s GROUP BY 1")
+    resp = query_as(server, PLANNER, sql)
+    assert resp.status_code == 400 and "reserved" in resp.json()["error"]["message"]
+
+
+def test_a_repeated_name_is_refused_in_any_case_and_distinct_names_still_work(server):
+    for sql in (
+        "SELECT s.k, COUNT(*) AS n FROM (SELECT p.person_id, p.sex AS k, "
+        "p.ethnicity AS K FROM patients p) s GROUP BY 1",
+        "SELECT p.sex AS n, COUNT(*) AS N FROM patients p GROUP BY 1",
+    ):
+        resp = query_as(server, PLANNER, sql)
+        assert resp.status_code == 400, resp.text
+        assert "used twice" in resp.json()["error"]["message"]
+    ok = ("SELECT s.k, COUNT(*) AS n FROM (SELECT p.person_id, p.sex AS k, "
+          "p.ethnicity AS e FROM patients p) s GROUP BY 1 ORDER BY s.k")
+    assert query_as(server, PLANNER, ok).status_code == 200
+
+
+def test_an_order_by_expression_of_a_key_is_still_allowed(server):
+    sql = ("SELECT p.year_of_birth AS y, COUNT(*) AS n FROM patients p GROUP BY 1 "
+           "ORDER BY y % 10, y DESC")
+    assert query_as(server, PLANNER, sql).status_code == 200
