@@ -50,7 +50,14 @@ from gateway.errors import (
 from gateway.operations import Busy, EngineSlots, Metrics, RateLimited, RateLimiter, StageTimer
 from gateway.results import ResultStore
 from gateway.settings import Settings
-from gateway.sql.analysis import MAX_CELLS_PER_PERSON, Analysis, analyse, grouping_sets
+from gateway.sql.analysis import (
+    DIALECT,
+    MAX_CELLS_PER_PERSON,
+    Analysis,
+    analyse,
+    grouping_sets,
+    outer_selects,
+)
 from gateway.sql.dp_rewrite import DpPlan, rewrite_dp
 from gateway.sql.rewrite import Plan, rewrite
 from policies import Caller, Decision, Facts, Obligations, PolicySet, decide
@@ -693,17 +700,31 @@ def _row_shapes(analysis: Analysis, plan: Plan, raw: RawResult) -> list[RowShape
                          key_values(row)) for row in raw.rows]
     if plan.branch_index is None:
         return None
-    # A UNION branch is a margin of another when it aggregates the same rows and puts a
-    # constant where the other groups: its rows sum the other's over those columns.
+    # A UNION branch is a margin of another when it aggregates the same rows and groups by
+    # fewer of the same keys (a constant where the other groups): its rows sum the other's
+    # over those keys. Keys are told apart by their expression, not their output column: a
+    # count by age band and one by sex, in one column under a label, both add up to everyone
+    # (incomparable levels, related through a virtual total: see secondary.relations).
     kinds, rows_sql = analysis.branch_kinds, analysis.branch_rows
     families = {sql: n for n, sql in enumerate(dict.fromkeys(rows_sql))}
-    rolled = []
-    for b, k in enumerate(kinds):
-        peers = [kk for bb, kk in enumerate(kinds) if rows_sql[bb] == rows_sql[b]]
-        rolled.append(frozenset(i for i in keys if k[i] == "constant"
-                                and any(pk[i] == "group_key" for pk in peers)))
-    return [RowShape(families[rows_sql[row[plan.branch_index]]],
-                     rolled[row[plan.branch_index]], key_values(row)) for row in raw.rows]
+    grouped: list[dict[str, int]] = []  # per branch: key expression -> its output column
+    for b, select in enumerate(outer_selects(analysis.tree)):
+        grouped.append({select.expressions[i].unalias().sql(dialect=DIALECT): i
+                        for i in keys if kinds[b][i] == "group_key"})
+    exprs = sorted(set().union(*grouped))
+    shapes_of = []
+    for b in range(len(kinds)):
+        peers = set().union(*(grouped[p] for p in range(len(kinds)) if rows_sql[p] == rows_sql[b]))
+        shapes_of.append((families[rows_sql[b]], frozenset(
+            v for v, e in enumerate(exprs) if e in peers and e not in grouped[b])))
+
+    def branch_shape(row) -> RowShape:
+        b = row[plan.branch_index]
+        family, rolled = shapes_of[b]
+        return RowShape(family, rolled, tuple(row[grouped[b][e]] if e in grouped[b] else None
+                                              for e in exprs))
+
+    return [branch_shape(row) for row in raw.rows]
 
 
 def _check_cells(analysis: Analysis, cells: int, record: dict[str, Any]) -> None:

@@ -294,12 +294,26 @@ def _check_output_names(tree: exp.Expression) -> None:
     to the person key and to each aggregate by its name: ``g.event_date AS k, g.person_id AS
     k`` made the gateway count event dates as the people behind a cell (review round 22)."""
     for select in tree.find_all(exp.Select):
+        if _later_branch(select):
+            continue  # a UNION takes its column names from its first branch
         seen: set[str] = set()
         for name in select.named_selects:
             if name.lower() in seen:
-                raise SqlRejected(f"the column name {name!r} is used twice in one SELECT",
-                                  hint="give each column its own name (col AS other_name)")
+                raise SqlRejected(
+                    f"the column name {name!r} is used twice in one SELECT",
+                    hint="give each column its own name with AS (a column without one is "
+                         "named after its column or its value: 'sex' and p.sex are both sex)")
             seen.add(name.lower())
+
+
+def _later_branch(select: exp.Select) -> bool:
+    """Whether a select is a UNION branch other than the first, whose names do not count."""
+    node: exp.Expression = select
+    while isinstance(node.parent, exp.Union):
+        if node.arg_key == "expression":
+            return True
+        node = node.parent
+    return False
 
 
 def _check_union_order(tree: exp.Expression, outers: list[exp.Select]) -> None:
