@@ -50,14 +50,7 @@ from gateway.errors import (
 from gateway.operations import Busy, EngineSlots, Metrics, RateLimited, RateLimiter, StageTimer
 from gateway.results import ResultStore
 from gateway.settings import Settings
-from gateway.sql.analysis import (
-    DIALECT,
-    MAX_CELLS_PER_PERSON,
-    Analysis,
-    analyse,
-    grouping_sets,
-    outer_selects,
-)
+from gateway.sql.analysis import Analysis, analyse, grouping_sets, outer_selects
 from gateway.sql.dp_rewrite import DpPlan, rewrite_dp
 from gateway.sql.rewrite import Plan, rewrite
 from policies import Caller, Decision, Facts, Obligations, PolicySet, decide
@@ -129,11 +122,23 @@ class Pipeline:
         return decide(facts, self.policies, self.catalogue)
 
     def _row_bound(self, analysis: Analysis, plan: Plan, raw: RawResult,
-                   record: dict[str, Any]) -> dict[int, int]:
-        """Per count column, the scale of its rounding or perturbation: the most rows one
-        person adds (see rewrite.row_bound), raised to 1, 2, 5, 10, 20, 50, ... so that the
-        figure says little about that one person. And no person's rows may fall in more
-        cells than one query may hold for a person (review round 22)."""
+                   record: dict[str, Any], *, rounded: bool) -> dict[int, int]:
+        """Per count column, the scale of its rounding or perturbation.
+
+        Rounding to 5 and a perturbation of at most 2 are sized for a count one person moves
+        by one, seen once. A count of rows moves by the most rows one person adds to a cell
+        (see rewrite.row_bound; review round 17). And each cell a person is in is one more
+        draw of the rounding or perturbation: cells differing by one small group, by the
+        hundred, average the draws away (rounds 20 to 23). So past FREE_DRAWS cells a person
+        (aggregate columns times grouping sets or UNION branches times the groups their rows
+        fall in), every count is made coarser, so that n draws tell no more than FREE_DRAWS
+        did: a perturbation (``rounded`` false) by the square root of n / FREE_DRAWS, as
+        for noise; a rounding base by n / FREE_DRAWS itself, since the share of pairs that
+        round apart pins a group of t people with a variance of base * t / n, not base^2 / n.
+        The scale is raised to 1, 2, 5, 10, 20, 50, ..., so that it says little about any
+        one person."""
+        per_cell: dict[int, Any] = {}
+        cells = None  # the most (cell, branch) groups one person's rows fall in, if measured
         if plan.cells_index is not None:  # found by the single pass, per cell
             per_cell = {c: max((row[h] for row in raw.rows if row[h] is not None), default=0)
                         for c, h in plan.row_max_index}
@@ -146,10 +151,13 @@ class Pipeline:
             row = got.rows[0] if got.rows else [None] * (len(plan.row_bound.columns) + 1)
             per_cell = dict(zip(plan.row_bound.columns, row[:-1], strict=True))
             cells = row[-1] or 0
-        else:
-            return {}
-        _check_cells(analysis, cells, record)
-        return {c: _band(m) for c, m in per_cell.items()}
+        draws = _draws_per_person(analysis, cells)
+        record["cells_per_person"] = draws
+        spread = max(1.0, draws / FREE_DRAWS)
+        if not rounded:
+            spread = math.sqrt(spread)
+        return {c: _band(max(1, per_cell.get(c) or 1) * spread)
+                for c, o in enumerate(plan.outputs) if o.is_count}
 
     def _control(self, analysis: Analysis, plan: Plan, raw: RawResult, decision: Decision,
                  contributions: RawResult | None = None,
@@ -223,12 +231,13 @@ class Pipeline:
             contributions=_match_contributions(plan, raw, contributions), dominance=dominance,
             column_tables=scaled)
         if too_wide:
-            cut = [SuppressedCell(r, names[c], f"one person adds more than {CK_MAX_SCALE} rows "
-                                  "to a cell of this column")
-                   for r, row in enumerate(controlled.rows) for c in sorted(too_wide)
-                   if row[c] is not None]
-            for cell in cut:
-                controlled.rows[cell.row][names.index(cell.column)] = None
+            cut = []
+            for r, row in enumerate(controlled.rows):
+                for c in sorted(too_wide):
+                    if row[c] is not None:
+                        row[c] = None
+                        cut.append(SuppressedCell(r, names[c], "one person's rows are too many "
+                                                  "or in too many cells for this column"))
             controlled = replace(controlled, suppressed=controlled.suppressed + tuple(cut))
         controlled, withheld = _withhold_small_groups(
             controlled, people, output.min_people, _keyed_rows(analysis, plan, raw))
@@ -439,7 +448,7 @@ class Pipeline:
                         contributions = self.engine.execute(
                             plan.contributions.sql, timeout_s=self.settings.query_timeout_s,
                             row_cap=self.settings.row_cap)
-                    per_person = self._row_bound(analysis, plan, raw, record)
+                    per_person = self._row_bound(analysis, plan, raw, record, rounded=not cell_keys)
                 stage = timer.enter("control")
                 body = self._control(analysis, plan, raw, decision, contributions, per_person)
         except GatewayError as err:
@@ -522,13 +531,21 @@ class Pipeline:
 
     def _secondary(self, analysis: Analysis, plan: Plan, raw: RawResult,
                    controlled: Controlled, names: list[str]) -> Controlled:
-        """Protect suppressed cells from recovery through the margins of the same result."""
-        shapes = _row_shapes(analysis, plan, raw)
+        """Protect suppressed cells from recovery through the other cells of the same result.
+
+        Where the relations between the result's cells are known, exactly (ROLLUP, CUBE, or
+        GROUPING SETS holding the detail level, with keys Python tells apart), the search of
+        secondary.protect runs on them. Elsewhere they are not known: UNION branches may
+        read the same rows under other aliases, or rows a WHERE splits; grouping sets
+        without their details may group by keys that determine one another. There, a column
+        with a suppressed cell releases one level (a branch or a grouping set) only, the one
+        with the most cells left, and suppresses the others: the cells of one level are
+        disjoint groups, and no sum of some of them gives another away (review round 23)."""
+        shapes = _row_shapes(plan, raw)
         if shapes is None:
             return controlled
-        rels = relations(shapes)
-        if not rels:
-            return controlled
+        complete = _relations_known(shapes)
+        rels = relations(shapes) if complete else []
         rows = [list(r) for r in controlled.rows]
         extra = []
         additive = [c for c, out in enumerate(plan.outputs)
@@ -539,10 +556,16 @@ class Pipeline:
         for c in additive:
             hidden = {s.row for s in controlled.suppressed if s.column == names[c]}
             values = [raw.rows[r][c] for r in range(len(rows))]
-            for r in sorted(protect(values, hidden, rels, quick=quick)):
+            if complete:
+                more = protect(values, hidden, rels, quick=quick)
+                why = "secondary: protects a suppressed cell from recovery through the margins"
+            else:
+                more = _one_level_only(shapes, hidden)
+                why = ("secondary: the result's other tables could give a suppressed cell "
+                       "away; one is released")
+            for r in sorted(more):
                 rows[r][c] = None
-                extra.append(SuppressedCell(r, names[c], "secondary: protects a suppressed "
-                                            "cell from recovery through the margins"))
+                extra.append(SuppressedCell(r, names[c], why))
         return Controlled(rows, controlled.suppressed + tuple(extra),
                           controlled.rounded_columns, controlled.hold)
 
@@ -639,6 +662,10 @@ def _constants(analysis: Analysis) -> dict[int, Any]:
 #: cell_key: the widest scale of the perturbation table for a count of rows (D x 100)
 CK_MAX_SCALE = 100
 
+#: cells one person may be in before counts are rounded (or perturbed) more coarsely: at
+#: this many, four pairs of cells differing by one small group (review round 23)
+FREE_DRAWS = 8
+
 
 def _band(m: Any) -> int:
     """The least of 1, 2, 5, 10, 20, 50, ... that is at least ``m``."""
@@ -688,8 +715,10 @@ def _withhold_small_groups(controlled: Controlled, people: list[list[int | None]
     return Controlled(rows, cells, controlled.rounded_columns, controlled.hold), len(drop)
 
 
-def _row_shapes(analysis: Analysis, plan: Plan, raw: RawResult) -> list[RowShape] | None:
-    """Where each released row sits in the margins, or None if the result has none."""
+def _row_shapes(plan: Plan, raw: RawResult) -> list[RowShape] | None:
+    """Where each row sits: its level (the key columns a grouping set rolls up, or its UNION
+    branch, each branch a family of its own) and its keys; None if the result is one
+    plain table."""
     keys = [i for i, o in enumerate(plan.outputs) if o.kind != "aggregate"]
 
     def key_values(row) -> tuple:  # the key columns, aggregate positions blanked
@@ -700,51 +729,49 @@ def _row_shapes(analysis: Analysis, plan: Plan, raw: RawResult) -> list[RowShape
                          key_values(row)) for row in raw.rows]
     if plan.branch_index is None:
         return None
-    # A UNION branch is a margin of another when it aggregates the same rows and groups by
-    # fewer of the same keys (a constant where the other groups): its rows sum the other's
-    # over those keys. Keys are told apart by their expression, not their output column: a
-    # count by age band and one by sex, in one column under a label, both add up to everyone
-    # (incomparable levels, related through a virtual total: see secondary.relations).
-    kinds, rows_sql = analysis.branch_kinds, analysis.branch_rows
-    families = {sql: n for n, sql in enumerate(dict.fromkeys(rows_sql))}
-    grouped: list[dict[str, int]] = []  # per branch: key expression -> its output column
-    for b, select in enumerate(outer_selects(analysis.tree)):
-        grouped.append({select.expressions[i].unalias().sql(dialect=DIALECT): i
-                        for i in keys if kinds[b][i] == "group_key"})
-    exprs = sorted(set().union(*grouped))
-    shapes_of = []
-    for b in range(len(kinds)):
-        peers = set().union(*(grouped[p] for p in range(len(kinds)) if rows_sql[p] == rows_sql[b]))
-        shapes_of.append((families[rows_sql[b]], frozenset(
-            v for v, e in enumerate(exprs) if e in peers and e not in grouped[b])))
-
-    def branch_shape(row) -> RowShape:
-        b = row[plan.branch_index]
-        family, rolled = shapes_of[b]
-        return RowShape(family, rolled, tuple(row[grouped[b][e]] if e in grouped[b] else None
-                                              for e in exprs))
-
-    return [branch_shape(row) for row in raw.rows]
+    return [RowShape(row[plan.branch_index], frozenset(), key_values(row)) for row in raw.rows]
 
 
-def _check_cells(analysis: Analysis, cells: int, record: dict[str, Any]) -> None:
-    """Refuse a result in which one person's rows fall in more cells than the query's shape
-    may give a person: each cell is one rounding or perturbation, and cells that differ by
-    one small group, by the hundred, average them away (rounds 20 to 22). ``cells`` counts a
-    person's (detail cell, UNION branch) groups; every aggregate column is a cell too, and
-    so is every grouping set a detail cell adds up into."""
+def _relations_known(shapes: list[RowShape]) -> bool:
+    """Whether every linear relation between the cells is one secondary.relations finds:
+    one family of rows (not UNION branches), a level finer than every other (the details,
+    of which each cell is then a sum), and no two rows of a level with keys Python cannot
+    tell apart (DATE '-infinity' and '0001-01-01' both arrive as date(1, 1, 1))."""
+    if len({s.family for s in shapes}) > 1:
+        return False
+    levels = {s.rolled for s in shapes}
+    if not any(all(lv <= other for other in levels) for lv in levels):
+        return False
+    seen = {(s.rolled, tuple(_hashable_key(v) for v in s.keys)) for s in shapes}
+    return len(seen) == len(shapes)
+
+
+def _hashable_key(v: Any) -> Any:
+    return ("nan",) if isinstance(v, float) and v != v else v
+
+
+def _one_level_only(shapes: list[RowShape], hidden: set[int]) -> set[int]:
+    """With a suppressed cell and relations unknown: every level but the one with the most
+    cells left to release is suppressed in this column."""
+    if not hidden:
+        return set()
+    level = [(s.family, s.rolled) for s in shapes]
+    left = Counter(lv for r, lv in enumerate(level) if r not in hidden)
+    if not left:
+        return set()
+    keep = max(left, key=lambda lv: (left[lv], -level.index(lv)))
+    return {r for r, lv in enumerate(level) if lv != keep and r not in hidden}
+
+
+def _draws_per_person(analysis: Analysis, cells: int | None) -> int:
+    """How many released cells one person can be in: aggregate columns times grouping sets
+    or UNION branches, times the groups of the table one person's rows fall in where that
+    was measured (``cells``: per person, the (detail cell, branch) groups, summed over
+    branches); where it was not, each branch reads one row per person."""
     aggregates = sum(o.kind == "aggregate" for o in analysis.outputs)
-    sets = grouping_sets(analysis.tree) if analysis.margins else 1
-    total = cells * aggregates * sets
-    record["cells_per_person"] = total
-    if total > MAX_CELLS_PER_PERSON:
-        raise SqlRejected(
-            f"one person's rows fall in {total} cells of the result ({cells} groups of the "
-            f"table times {aggregates} aggregate column(s)"
-            + (f" times {sets} grouping sets" if sets > 1 else "")
-            + f"); at most {MAX_CELLS_PER_PERSON} are allowed",
-            hint="count people rather than rows, or split the table into several queries "
-                 "(fewer codes, periods or aggregate columns each)")
+    if cells is None:
+        return aggregates * sum(grouping_sets(q) for q in outer_selects(analysis.tree))
+    return cells * aggregates * (grouping_sets(analysis.tree) if analysis.margins else 1)
 
 
 def _request_record(event: str, req: QueryRequest) -> dict[str, Any]:

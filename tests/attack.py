@@ -102,13 +102,19 @@ def answered_in_time(resp: httpx.Response | None, took: float, what: str) -> Non
     refused(resp)  # a 200 or a 4xx, never a 5xx
 
 
-def rounding_guess(diffs: list[int]) -> int:
-    """The attacker's estimate of a small group's size from many pairs of counts rounded to 5
-    that differ by it: each difference is 5 * (t // 5) or 5 more, the larger in a share
-    (t % 5) / 5 of the pairs."""
+def rounding_guess(diffs: list[int], base: int = 5) -> int:
+    """The attacker's estimate of a small group's size from many pairs of counts rounded to
+    ``base`` (the response says which) that differ by it: each difference is base * (t //
+    base) or base more, the larger in a share (t % base) / base of the pairs."""
     seen = Counter(diffs)
     low = min(seen)
-    return low + round(5 * seen[low + 5] / len(diffs))
+    return low + round(base * seen[low + base] / len(diffs))
+
+
+def column_base(resp: httpx.Response, column: str) -> int:
+    """The rounding base a released column states (5 unless it says otherwise)."""
+    disclosure = resp.json()["disclosure"]
+    return disclosure.get("column_rounding_bases", {}).get(column, disclosure["rounding_base"])
 
 
 def small_groups(raw, people: str, sizes: tuple[int, ...]) -> dict[int, tuple[int, str]]:

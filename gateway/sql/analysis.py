@@ -167,6 +167,14 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
     per_branch = [_check_outer(q, o, catalogue)
                   for q, o in zip(outers, outer_selects(original), strict=True)]
     outputs = _combine(per_branch)
+    shown: set[str] = set()
+    for o in outputs:
+        # disclosure control finds a released column by the name the caller sees: two alike
+        # (an unnamed long expression is col_<i>) made it suppress the wrong one (round 23)
+        if o.name.lower() in shown:
+            raise SqlRejected(f"two output columns would both be called {o.name!r}",
+                              hint="name each output column with AS, each differently")
+        shown.add(o.name.lower())
     aggregates = sum(o.kind == "aggregate" for o in outputs)
     if aggregates > MAX_AGGREGATE_COLUMNS:
         # Each column's rounding (or cell-key perturbation) is one draw; a hundred columns

@@ -564,29 +564,41 @@ def _single_pass(
     if not isinstance(analysis.tree, exp.Select) or analysis.margins:
         return None
     counts = [i for i, o in enumerate(outputs) if o.kind == "aggregate" and o.shape == "count"]
-    if not measures:  # worth a regrouping only if some count can take several rows a person
+    if not measures:
+        # worth a regrouping if some count can take several rows a person, or if a person
+        # can be in several cells, which only a regrouping by (cell, person) counts
         top = next(s for s in traverse_scope(analysis.tree) if s.expression is analysis.tree)
-        one_row_each = not cell_keys and _one_row_per_person(top, catalogue)
-        if not any(not counts_people(p := analysis.tree.expressions[i].unalias(), top,
-                                      catalogue) and not (one_row_each and _counts_rows(p))
-                   for i in counts):
+        one_row = _one_row_per_person(top, catalogue)
+        one_row_each = not cell_keys and one_row
+        if one_row and not any(
+                not counts_people(p := analysis.tree.expressions[i].unalias(), top, catalogue)
+                and not (one_row_each and _counts_rows(p)) for i in counts):
             return None
     if not any((t := catalogue.table(n)) and t.kind is TableKind.PERSON_LEVEL
                for n in analysis.tables):
         return None
     tree = analysis.tree.copy()
     _safe_casts(tree)
+    scope = next(s for s in traverse_scope(tree) if s.expression is tree)
     aggs: dict[int, tuple[exp.Expression, exp.Expression | None]] = {}
+    people_counts: set[int] = set()  # COUNT(DISTINCT <the person, or NULL>)
     for i, o in enumerate(outputs):
         if o.kind != "aggregate":
             continue
         node = tree.expressions[i].unalias()
         cond = node.expression.this if isinstance(node, exp.Filter) else None
         agg = node.this if isinstance(node, exp.Filter) else node
-        if type(agg) not in _DECOMPOSABLE or isinstance(agg.this, exp.Distinct):
+        if type(agg) not in _DECOMPOSABLE:
             return None
+        if isinstance(agg.this, exp.Distinct):
+            # on the outer query a distinct count counts people: the row's person or NULL
+            # (analysis), so per (cell, person) it is "any such row", and the cell's value
+            # the number of its people with one
+            if not (isinstance(agg, exp.Count) and len(agg.this.expressions) == 1
+                    and counts_people(node, scope, catalogue)):
+                return None
+            people_counts.add(i)
         aggs[i] = (agg, cond)
-    scope = next(s for s in traverse_scope(tree) if s.expression is tree)
     rowpid = _row_person(scope, catalogue)
     keys = [i for i, o in enumerate(outputs) if o.kind == "group_key"]
     key_exprs = {i: tree.expressions[i].unalias().copy() for i in keys}
@@ -630,6 +642,8 @@ def _single_pass(
             continue
         agg, cond = aggs[i]
         arg = agg.this if not isinstance(agg.this, exp.Star) else None
+        if i in people_counts:
+            arg = agg.this.expressions[0]
         count = exp.Count(this=arg.copy() if arg is not None else exp.Star())
         inner.append(exp.alias_(filtered(count, cond=cond), f"__c{i}"))
         if isinstance(agg, exp.Sum | exp.Avg):
@@ -639,8 +653,11 @@ def _single_pass(
             inner.append(exp.alias_(filtered(exp.Count(this=arg.copy()), nonzero, cond),
                                     f"__n{i}"))
         total_sum = exp.Sum(this=exp.column(f"__s{i}"))
-        if isinstance(agg, exp.Count):
-            value: exp.Expression = exp.Sum(this=exp.column(f"__c{i}"))
+        if i in people_counts:
+            value: exp.Expression = filtered(exp.Count(this=exp.Star()), exp.GT(
+                this=exp.column(f"__c{i}"), expression=exp.Literal.number(0)))
+        elif isinstance(agg, exp.Count):
+            value = exp.Sum(this=exp.column(f"__c{i}"))
         elif isinstance(agg, exp.Sum):
             value = total_sum
         else:
@@ -668,7 +685,9 @@ def _single_pass(
     for arg in ("order", "limit"):
         tree.set(arg, None)
     _filter_scans(tree, obligations, catalogue)
-    # per cell, the most one person adds to each count column (see row_bound)
+    # per cell, the most one person adds to each count column (see row_bound); a count of
+    # people takes one from each
+    counts = [i for i in counts if i not in people_counts]
     row_max = [exp.alias_(exp.Max(this=exp.Abs(this=exp.column(
         f"__s{i}" if isinstance(aggs[i][0], exp.Sum) else f"__c{i}"))), f"__rows{i}")
         for i in counts]

@@ -35,6 +35,7 @@ from attack import (
     PLANNER,
     RESEARCHER,
     cohort,
+    column_base,
     norfolk_residents,
     query_as,
     refused,
@@ -110,10 +111,11 @@ def test_many_rounded_rows_of_a_plain_group_by_pin_a_small_group(server, raw):
     pinned = {}
     for size, (yob, practice) in _groups_among_the_tagged(
             raw, norfolk_residents(), MIN_PEOPLE).items():
-        diffs = _differences(query_as(server, PLANNER, _tagged_rows_query(yob, practice)))
+        resp = query_as(server, PLANNER, _tagged_rows_query(yob, practice))
+        diffs = _differences(resp)
         if not diffs:
             return
-        pinned[size] = rounding_guess(diffs)
+        pinned[size] = rounding_guess(diffs, column_base(resp, "n"))
     assert any(guess != size for size, guess in pinned.items()), (
         f"one query each pinned small groups of fewer than {MIN_PEOPLE} people exactly "
         f"(true: guessed): {pinned}")

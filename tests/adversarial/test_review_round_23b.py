@@ -49,6 +49,7 @@ import httpx
 from attack import (
     MIN_PEOPLE,
     PLANNER,
+    column_base,
     norfolk_residents,
     query_as,
     refused,
@@ -178,14 +179,15 @@ def _pair_differences(resp: httpx.Response) -> list[int] | None:
     return diffs or None
 
 
-def _rounded_guess(diffs: list[int]) -> int:
-    """Each difference is 5 * (t // 5) or 5 more, the larger in a share (t % 5) / 5."""
+def _rounded_guess(diffs: list[int], base: int) -> int:
+    """Each difference is base * (t // base) or base more, the larger in a share
+    (t % base) / base (the response states the base)."""
     seen = Counter(diffs)
     low = min(seen)
-    share = seen[low + 5] / len(diffs)
+    share = seen[low + base] / len(diffs)
     if low == 0:
-        return min(4, max(1, round(5 * share)))
-    return low + round(5 * share)
+        return min(base - 1, max(1, round(base * share)))
+    return low + round(base * share)
 
 
 def _groups(raw, people: str, below: int) -> list[tuple[int, str, int]]:
@@ -206,10 +208,11 @@ def _groups(raw, people: str, below: int) -> list[tuple[int, str, int]]:
 def _exact_share(server, who, groups, estimate) -> tuple[float, Counter] | None:
     errors: Counter = Counter()
     for yob, practice, size in groups:
-        diffs = _pair_differences(query_as(server, who, _pairs_query(yob, practice)))
+        resp = query_as(server, who, _pairs_query(yob, practice))
+        diffs = _pair_differences(resp)
         if diffs is None:
             return None
-        errors[abs(estimate(diffs) - size)] += 1
+        errors[abs(estimate(diffs, column_base(resp, "a0")) - size)] += 1
     return errors[0] / sum(errors.values()), errors
 
 

@@ -65,8 +65,9 @@ def test_a_dominated_sum_is_suppressed_and_the_others_released(live, crafted):
             assert row[1] == pytest.approx(truth[service])
     assert body["disclosure"]["dominance"] == {"nk_n": 2, "nk_k": 0.9, "p_ratio": 0.1}
     entry = live.entry_for(resp)
-    # COUNT(DISTINCT ...) does not decompose over per-person partials: a second query
-    assert "contributions_sql" in entry and NORFOLK in entry["contributions_sql"]
+    # a count of distinct people decomposes over per-person partials (a person is counted in
+    # a cell if any of their rows there is counted): one pass, filtered, no second query
+    assert "contributions_sql" not in entry and NORFOLK in entry["executed_sql"]
 
 
 def test_single_pass_gives_the_same_verdicts(live, crafted):
@@ -93,11 +94,10 @@ def test_single_pass_gives_the_same_verdicts(live, crafted):
 
 
 def test_two_query_path_matches_for_a_non_decomposable_query(live, crafted):
-    """COUNT(DISTINCT ...) beside a sum cannot be built from per-person partials: the
+    """A sum under ROLLUP cannot be built from per-(cell, person) partials in one pass: the
     contributions come from a second query, with the same verdicts."""
-    sql = ("SELECT s.service_type, SUM(s.weekly_cost) AS weekly_cost, "
-           "COUNT(DISTINCT s.person_id) AS people FROM social_care s "
-           "GROUP BY s.service_type ORDER BY s.service_type")
+    sql = ("SELECT s.service_type, SUM(s.weekly_cost) AS weekly_cost "
+           "FROM social_care s GROUP BY ROLLUP (s.service_type)")
     resp = live.query("p.jones", sql, "JOINT-PLANNING", "planning")
     body = live.released(resp, "p.jones")
     rows = {r[0]: r for r in body["rows"]}
