@@ -105,10 +105,9 @@ class Analysis:
     tables: frozenset[str]
     columns: tuple[ColumnUse, ...]
     outputs: tuple[OutputColumn, ...]
-    #: per outer branch: the kind of each output column there, and the branch's rows (FROM,
-    #: JOIN, WHERE as SQL), so that a UNION total can be told to be a margin of another branch
+    #: per outer branch: the kind of each output column there (a UNION's total row is a
+    #: constant label where other branches have keys)
     branch_kinds: tuple[tuple[str, ...], ...] = ()
-    branch_rows: tuple[str, ...] = ()
     #: whether the outer query has ROLLUP, CUBE or GROUPING SETS
     margins: bool = False
 
@@ -201,7 +200,7 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
                           hint="use one or the other for total rows")
     return Analysis(sql, qualified, frozenset(tables), tuple(columns), outputs,
                     tuple(tuple(o.kind for o in b) for b in per_branch),
-                    tuple(_rows_sql(q) for q in outers), margins)
+                    margins)
 
 
 def grouping_sets(select: exp.Select) -> int:
@@ -216,13 +215,6 @@ def grouping_sets(select: exp.Select) -> int:
         elif isinstance(g, exp.GroupingSets):
             n *= max(1, len(g.expressions))
     return n
-
-
-def _rows_sql(select: exp.Select) -> str:
-    """The rows a select aggregates: its FROM, JOINs and WHERE (with its CTEs), as SQL."""
-    parts = [select.args.get("from") or select.args.get("from_"), select.args.get("where")]
-    parts += select.args.get("joins") or []
-    return " ".join(p.sql(dialect=DIALECT) for p in parts if p is not None)
 
 
 def _expand_margin_positions(tree: exp.Expression) -> None:
