@@ -114,7 +114,7 @@ def rounding_guess(diffs: list[int], base: int = 5) -> int:
 def column_base(resp: httpx.Response, column: str) -> int:
     """The rounding base a released column states (5 unless it says otherwise)."""
     disclosure = resp.json()["disclosure"]
-    return disclosure.get("column_rounding_bases", {}).get(column, disclosure["rounding_base"])
+    return disclosure.get("column_rounding_bases", {}).get(column, disclosure.get("rounding_base", 5))
 
 
 def small_groups(raw, people: str, sizes: tuple[int, ...]) -> dict[int, tuple[int, str]]:
