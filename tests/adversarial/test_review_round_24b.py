@@ -196,7 +196,7 @@ def test_a_window_over_a_parenthesised_padded_key_copies_one_persons_code_to_eve
     table is that code, as a cell of thousands."""
     named = 0
     targets = _lone_residents(raw, norfolk_residents(), 3)
-    for pid, yob, lsoa, code in targets:
+    for _pid, yob, lsoa, code in targets:
         resp = query_as(server, PLANNER, _copy_first_code(yob, lsoa))
         if refused(resp) or resp.json()["status"] != "released":
             continue
