@@ -469,6 +469,12 @@ def _check_tables(tree: exp.Select, catalogue: Catalogue) -> set[str]:
     for name in ctes:
         if catalogue.table(name) is not None:
             raise SqlRejected(f"a CTE may not be named after the catalogue table {name!r}")
+    for sub in tree.find_all(exp.Subquery):
+        if not isinstance(sub.this, exp.Select | exp.Union):
+            # ``LEFT JOIN (patients p1) ON ...`` wraps the table: every rule that finds a
+            # source by its alias missed it, padded or not (review round 24)
+            raise SqlRejected(f"a table in parentheses ({sub.sql(dialect=DIALECT)[:60]}) is not "
+                              "allowed", hint="write the table and its joins without parentheses")
     for table in tree.find_all(exp.Table):
         if not isinstance(table.this, exp.Identifier):
             raise SqlRejected(
@@ -819,9 +825,13 @@ def padded_sources(select: exp.Select, scope: Scope, catalogue: Catalogue, *,
         side = (join.args.get("side") or "").upper()
         name = join.this.alias_or_name
         on = join.args.get("on")
+        # ... provided the key it matches is there on every row of the person: a derived
+        # table's person key that is NULL on some rows matches some of them (review round 24)
         keyed = (by_person and isinstance(on, exp.EQ)
                  and all(isinstance(c, exp.Column) and is_person_key(c, scope, catalogue)
-                         for c in (on.this, on.expression)))
+                         for c in (on.this, on.expression))
+                 and not any(c.table != name and may_be_null(c, scope, catalogue)
+                             for c in (on.this, on.expression)))
         if not keyed:
             if side in ("LEFT", "FULL"):
                 padded.add(name)
