@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,11 +62,18 @@ class DuckDBEngine:
         raise EngineSetupError("the engine connection can read files; refusing to serve")
 
     def execute(self, sql: str, *, timeout_s: float, row_cap: int,
-                params: dict[str, Any] | None = None) -> RawResult:
-        """Run one query. ``params`` carries values that must not appear in the SQL text,
-        which is audited (the cell-key secret)."""
+                params: dict[str, Any] | None = None,
+                deadline: float | None = None) -> RawResult:
+        """Run one query within ``timeout_s``, and before ``deadline`` (a time.monotonic()
+        value) if one is given: the limit is the request's, shared by all its queries.
+        ``params`` carries values that must not appear in the SQL text, which is audited
+        (the cell-key secret)."""
+        left = timeout_s if deadline is None else min(timeout_s, deadline - time.monotonic())
+        if left <= 0:
+            raise QueryTimeout(f"the query ran past the time limit of {timeout_s:g} s",
+                               hint="narrow the query (fewer joins, a date range)")
         cursor = self._con.cursor()
-        timer = threading.Timer(timeout_s, cursor.interrupt)
+        timer = threading.Timer(left, cursor.interrupt)
         timer.daemon = True
         timer.start()
         try:

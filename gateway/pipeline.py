@@ -122,7 +122,8 @@ class Pipeline:
         return decide(facts, self.policies, self.catalogue)
 
     def _row_bound(self, analysis: Analysis, plan: Plan, raw: RawResult,
-                   record: dict[str, Any], *, rounded: bool) -> dict[int, int]:
+                   record: dict[str, Any], *, rounded: bool,
+                   deadline: float | None = None) -> dict[int, int]:
         """Per count column, the scale of its rounding or perturbation.
 
         Rounding to 5 and a perturbation of at most 2 are sized for a count one person moves
@@ -146,8 +147,8 @@ class Pipeline:
                          if row[plan.cells_index] is not None), default=0)
         elif plan.row_bound is not None:
             record["row_bound_sql"] = plan.row_bound.sql
-            got = self.engine.execute(plan.row_bound.sql,
-                                      timeout_s=self.settings.query_timeout_s, row_cap=1)
+            got = self.engine.execute(plan.row_bound.sql, timeout_s=self.settings.query_timeout_s,
+                                      row_cap=1, deadline=deadline)
             row = got.rows[0] if got.rows else [None] * (len(plan.row_bound.columns) + 1)
             per_cell = dict(zip(plan.row_bound.columns, row[:-1], strict=True))
             cells = row[-1] or 0
@@ -437,8 +438,12 @@ class Pipeline:
                     plan.person_level else None
                 stage = timer.enter("execute")
                 with self.slots.slot():
+                    # one time limit for the request, not for each of its queries (the row
+                    # bound ran as long again as the query: review round 24)
+                    deadline = time.monotonic() + self.settings.query_timeout_s
                     raw = self.engine.execute(plan.sql, timeout_s=self.settings.query_timeout_s,
-                                              row_cap=self.settings.row_cap, params=params)
+                                              row_cap=self.settings.row_cap, params=params,
+                                              deadline=deadline)
                     contributions = None
                     if (plan.contributions is not None
                             and plan.contributions.inline_offset is not None):
@@ -447,8 +452,9 @@ class Pipeline:
                         record["contributions_sql"] = plan.contributions.sql
                         contributions = self.engine.execute(
                             plan.contributions.sql, timeout_s=self.settings.query_timeout_s,
-                            row_cap=self.settings.row_cap)
-                    per_person = self._row_bound(analysis, plan, raw, record, rounded=not cell_keys)
+                            row_cap=self.settings.row_cap, deadline=deadline)
+                    per_person = self._row_bound(analysis, plan, raw, record,
+                                                 rounded=not cell_keys, deadline=deadline)
                 stage = timer.enter("control")
                 body = self._control(analysis, plan, raw, decision, contributions, per_person)
         except GatewayError as err:

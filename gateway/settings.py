@@ -43,7 +43,8 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(65_536, ge=1024, description="Largest request body accepted (413).")
     max_sql_chars: int = Field(20_000, ge=100, description="Longest SQL text accepted (400).")
     max_sql_depth: int = Field(64, ge=8, description="Deepest syntax tree accepted (400).")
-    query_timeout_s: float = Field(30.0, gt=0, description="Time limit per query (504).")
+    query_timeout_s: float = Field(
+        30.0, gt=0, description="Time limit per request, shared by all its engine queries (504).")
     row_cap: int = Field(10_000, ge=1, description="Most rows a result may hold (413).")
     max_concurrent_queries: int = Field(
         4, ge=1, description="Queries in the engine at once; the rest wait for a slot.")

@@ -85,6 +85,23 @@ def test_time_limit_interrupts_the_running_query(engine):
     assert engine.execute("SELECT 42", timeout_s=5, row_cap=10).rows == [(42,)]
 
 
+def test_a_request_deadline_bounds_each_of_its_queries(engine):
+    """The time limit is the request's: a later query of the same request gets what is left,
+    and none once it is spent (review round 24: the row bound ran as long again)."""
+    import time
+
+    deadline = time.monotonic() + 0.3
+    started = time.monotonic()
+    with pytest.raises(QueryTimeout, match="time limit of 30 s"):
+        engine.execute("SELECT count(*) FROM range(100000000000) a", timeout_s=30,
+                       row_cap=10, deadline=deadline)
+    assert time.monotonic() - started < 5
+    with pytest.raises(QueryTimeout):
+        engine.execute("SELECT 42", timeout_s=30, row_cap=10, deadline=time.monotonic() - 1)
+    assert engine.execute("SELECT 42", timeout_s=5, row_cap=10,
+                          deadline=time.monotonic() + 5).rows == [(42,)]
+
+
 def test_row_cap_is_enforced(engine):
     with pytest.raises(ResultTooLarge):
         engine.execute("SELECT range FROM range(100)", timeout_s=5, row_cap=10)
