@@ -1195,23 +1195,47 @@ def _check_measure_rows_once(tree: exp.Select, scope: Scope, catalogue: Catalogu
     table grouped by the person key). A derived table with two rows per person, tagged apart,
     puts one admission in two cells that share everyone but a chosen person: the difference
     of the two sums is that person's value (review round 12)."""
-    measures = set()
+    measures: list[exp.Column] = []
     for proj in tree.expressions:
         for agg in _aggregates_of(proj, tree):
             if isinstance(agg, exp.Sum | exp.Avg) and isinstance(agg.this, exp.Column):
                 origin = bare_origin(agg.this, scope, catalogue)
                 if origin and origin[1].cls is ColumnClass.MEASURE:
-                    measures.add(agg.this.table)
+                    measures.append(agg.this)
     if not measures:
         return
+    tables = {m.table for m in measures}
     for alias, (_, source) in scope.selected_sources.items():
-        if alias in measures or _one_per_person(source, catalogue):
-            continue
-        raise SqlRejected(
-            f"{alias!r} can hold several rows per person, so a summed measure joined to it "
-            "would count the same rows more than once (and in more than one cell)",
-            hint="join tables with one row per person, lookups on their key, or a subquery "
-            "grouped by person_id; filter on other rows with EXISTS or IN")
+        if alias not in tables and not _one_per_person(source, catalogue):
+            _refuse_repeated_rows(alias)
+    for col in measures:
+        _measure_rows_once_below(col, scope, catalogue)
+
+
+def _measure_rows_once_below(col: exp.Column, scope: Scope, catalogue: Catalogue) -> None:
+    """The same rule inside the derived tables and CTEs a measure is read through: a CTE that
+    joins the admissions to each person's first two GP events, tagged 1 and 2, repeats every
+    admission under two tags, and the outer sum never sees the join (review round 25)."""
+    source = scope.sources.get(col.table)
+    if not (isinstance(source, Scope) and isinstance(source.expression, exp.Select)):
+        return
+    select = source.expression
+    proj = next((p for p in select.expressions if p.alias_or_name == col.name), None)
+    inner = proj.unalias() if proj is not None else None
+    if not isinstance(inner, exp.Column):
+        return  # not a bare copy of the measure: bare_origin did not take it for one
+    for alias, (_, below) in source.selected_sources.items():
+        if alias != inner.table and not _one_per_person(below, catalogue):
+            _refuse_repeated_rows(alias)
+    _measure_rows_once_below(inner, source, catalogue)
+
+
+def _refuse_repeated_rows(alias: str) -> None:
+    raise SqlRejected(
+        f"{alias!r} can hold several rows per person, so a summed measure joined to it "
+        "would count the same rows more than once (and in more than one cell)",
+        hint="join tables with one row per person, lookups on their key, or a subquery "
+        "grouped by person_id; filter on other rows with EXISTS or IN")
 
 
 def _one_per_person(source, catalogue: Catalogue) -> bool:

@@ -680,8 +680,10 @@ def _single_pass(
                      exp.alias_(exp.Sum(this=exp.column(f"__s{i}")), f"__total{i}"),
                      exp.alias_(exp.Min(this=exp.column(f"__s{i}")), f"__min{i}")]
     tree.set("expressions", inner)
-    tree.set("group", exp.Group(expressions=[*(key_exprs[i].copy() for i in keys),
-                                             rowpid.copy()]))
+    # a literal key groups nothing, and in GROUP BY an integer is read as a position
+    tree.set("group", exp.Group(expressions=[
+        *(key_exprs[i].copy() for i in keys if not isinstance(key_exprs[i], exp.Literal)),
+        rowpid.copy()]))
     for arg in ("order", "limit"):
         tree.set(arg, None)
     _filter_scans(tree, obligations, catalogue)

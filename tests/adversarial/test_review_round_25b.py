@@ -74,3 +74,12 @@ def test_a_cte_under_the_measure_repeats_its_rows_tagged_apart(server, raw):
     assert abs((cell[1] - cell[2]) - truth) > 0.5, (
         f"released sums {cell[1]} and {cell[2]} differ by one person's exact total length "
         f"of stay ({truth})")
+
+
+def test_a_literal_key_in_the_single_pass_is_not_read_as_a_position(server):
+    """Near-miss of round 25: the single pass grouped its (cell, person) rows by every key,
+    and a literal 3 in GROUP BY is the third column: a 400 from the engine for a fair query."""
+    for sql in ("SELECT 3 AS k, COUNT(*) AS n FROM gp_events g GROUP BY ALL",
+                "SELECT 7 AS k, g.snomed_code, COUNT(*) AS n FROM gp_events g GROUP BY ALL"):
+        resp = server.query("p.jones", sql, "JOINT-PLANNING", "planning")
+        assert resp.status_code == 200, resp.text
