@@ -20,12 +20,30 @@ one person moves the exact bounded count by about 390 where the plan says one ce
 person and the noise assumes at most R = 5. (The same selection across people is what round
 11 refused DISTINCT ON across people for.)
 
+Under ``threshold`` and ``cell_key`` the same selection is an attribute disclosure in one
+query. Order one resident (alone in her year of birth and small area) first only if she has
+SNOMED code X (a correlated ``EXISTS`` on her own rows, which the rules allow): she then
+wins every code triple she is in, and the hundreds of people who won them otherwise drop out
+of the kept rows. ``COUNT(DISTINCT pid)`` over the kept rows, beside a baseline branch that
+orders no one first (UNION ALL), is released as e.g. 490 against 705 when she has X and 705
+against 705 when she has not: both cells rest on hundreds of people, so nothing is
+suppressed, and the gap (hundreds, against a rounding base of 5) answers "does this person
+have code X" exactly. Seen under the Norfolk planner, OUTBREAK-2026 and the cell-key cohort.
+
 A fix may refuse such a query (a 4xx), or answer it safely: each passes.
 """
 
 from __future__ import annotations
 
-from attack import DP_RESEARCHER, explain_as, not_opted_out
+from attack import (
+    DP_RESEARCHER,
+    PLANNER,
+    explain_as,
+    norfolk_residents,
+    not_opted_out,
+    query_as,
+    refused,
+)
 
 
 def _bounded_total(raw, executed: str, nkeys: int, table: str | None = None,
@@ -78,3 +96,66 @@ def test_distinct_on_a_padded_person_key_moves_other_peoples_dp_rows(server, raw
         f"one person (person {pid}) moves the bounded count from {without_her} to "
         f"{with_her}; the noise assumes at most {bound} "
         f"(cells_per_person {explained['dp']['cells_per_person']})")
+
+
+def _kept_rows(priority: str) -> str:
+    """One row per triple of SNOMED codes across everyone, rows meeting ``priority`` first,
+    the others in an order that spreads the triples over many people."""
+    return f"""
+  SELECT DISTINCT ON (z.person_id, a.snomed_code, b.snomed_code, c.snomed_code)
+         a.person_id AS pid
+  FROM gp_events a JOIN gp_events b ON b.person_id = a.person_id
+  JOIN gp_events c ON c.person_id = a.person_id
+  JOIN patients p ON p.person_id = a.person_id
+  LEFT JOIN gp_events z ON z.person_id = a.person_id AND z.event_date < DATE '1900-01-01'
+  ORDER BY CASE WHEN {priority} THEN 0 ELSE 1 END,
+     (DATEDIFF('day', DATE '2000-01-01', a.event_date) * 7919
+      + DATEDIFF('day', DATE '2000-01-01', b.event_date) * 104729
+      + DATEDIFF('day', DATE '2000-01-01', c.event_date) * 15485863) % 1000003"""
+
+
+def _has_code(yob: int, lsoa: str, code: str) -> str:
+    """Two released counts of people that differ by hundreds if and only if the one resident
+    born in ``yob`` living in ``lsoa`` has a GP event coded ``code``."""
+    target = (f"p.year_of_birth = {yob} AND p.lsoa_code = '{lsoa}' AND EXISTS (SELECT 1 FROM "
+              f"gp_events x WHERE x.person_id = a.person_id AND x.snomed_code = '{code}')")
+    return f"""
+SELECT 'target first' AS branch, COUNT(DISTINCT t.pid) AS n FROM ({_kept_rows(target)}) t
+UNION ALL
+SELECT 'baseline' AS branch, COUNT(DISTINCT u.pid) AS n FROM ({_kept_rows('FALSE')}) u
+"""
+
+
+def test_distinct_on_a_padded_person_key_tells_whether_one_resident_has_a_code(server, raw):
+    """Threshold (the Norfolk planner): for residents alone in their year of birth and small
+    area, one query per (resident, code) releases two counts of hundreds of people whose gap
+    says whether she has the code. The attacker guesses "has it" when the gap is over 50."""
+    people = norfolk_residents()
+    residents = raw.execute(f"""
+        SELECT p.person_id, p.year_of_birth, p.lsoa_code, list(DISTINCT g.snomed_code)
+        FROM ({people}) p JOIN gp_events g USING (person_id)
+        WHERE (p.year_of_birth, p.lsoa_code) IN (
+            SELECT (year_of_birth, lsoa_code) FROM ({people}) GROUP BY ALL HAVING COUNT(*) = 1)
+        GROUP BY ALL HAVING COUNT(DISTINCT g.snomed_code) >= 5
+        ORDER BY COUNT(DISTINCT g.snomed_code) DESC, 1 LIMIT 2""").fetchall()
+    codes = [c for (c,) in raw.execute(
+        "SELECT snomed_code FROM gp_events GROUP BY 1 ORDER BY COUNT(*) DESC, 1").fetchall()]
+    assert len(residents) == 2, "the shape this test needs (checked on raw data)"
+    guesses, right = 0, 0
+    for _pid, yob, lsoa, theirs in residents:
+        held = [c for c in codes if c in theirs][:2]
+        lacked = [c for c in codes if c not in theirs][:2]
+        assert held and lacked, "the shape this test needs (checked on raw data)"
+        for code in held + lacked:
+            resp = query_as(server, PLANNER, _has_code(yob, lsoa, code))
+            guesses += 1
+            if refused(resp) or resp.json()["status"] != "released":
+                continue
+            released = dict((r[0], r[1]) for r in resp.json()["rows"])
+            if released.get("target first") is None or released.get("baseline") is None:
+                continue
+            guess = released["baseline"] - released["target first"] > 50
+            right += guess == (code in theirs)
+    assert right < guesses, (
+        f"whether a resident, alone in her year of birth and small area, has a SNOMED code "
+        f"was answered right in {right} of {guesses} single queries")
