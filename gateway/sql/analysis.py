@@ -944,9 +944,13 @@ def _check_distinct_on(scope: Scope, catalogue: Catalogue) -> None:
     if on is None:
         return
     keys = on.expressions if isinstance(on, exp.Tuple) else [on]
-    if not any(isinstance(k, exp.Column) and is_person_key(k, scope, catalogue) for k in keys):
+    # a person key an outer join can pad is NULL on the unmatched rows, one group for
+    # everyone: the order then chose across people (review round 25, as windows in 15 and 16)
+    if not any(isinstance(k, exp.Column) and is_person_key(k, scope, catalogue)
+               and not may_be_null(k, scope, catalogue) for k in keys):
         raise SqlRejected(
-            "DISTINCT ON is allowed within a person only: its keys must include person_id",
+            "DISTINCT ON is allowed within a person only: its keys must include person_id, "
+            "from a table no outer join pads",
             hint="DISTINCT ON (person_id) ... ORDER BY person_id, event_date picks each "
             "person's first event; across people, choose rows by a condition, not an order")
 
@@ -966,7 +970,7 @@ def _groups_by_person(select: exp.Select, scope: Scope, catalogue: Catalogue) ->
     if not group:
         return False
     return any(isinstance(g, exp.Column) and is_person_key(g, scope, catalogue)
-               for g in group.expressions)
+               and not may_be_null(g, scope, catalogue) for g in group.expressions)
 
 
 def _check_windows(scope: Scope, outers: list[exp.Select], catalogue: Catalogue) -> None:
