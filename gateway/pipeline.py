@@ -145,6 +145,9 @@ class Pipeline:
                         for c, h in plan.row_max_index}
             cells = max((row[plan.cells_index] for row in raw.rows
                          if row[plan.cells_index] is not None), default=0)
+        elif plan.row_bound is not None and not plan.row_bound.asks_rows and \
+                len(raw.rows) * _aggregates(analysis) <= FREE_DRAWS:
+            pass  # no one can be in more cells than the result has: no query needed
         elif plan.row_bound is not None:
             record["row_bound_sql"] = plan.row_bound.sql
             got = self.engine.execute(plan.row_bound.sql, timeout_s=self.settings.query_timeout_s,
@@ -152,7 +155,10 @@ class Pipeline:
             row = got.rows[0] if got.rows else [None] * (len(plan.row_bound.columns) + 1)
             per_cell = dict(zip(plan.row_bound.columns, row[:-1], strict=True))
             cells = row[-1] or 0
-        draws = _draws_per_person(analysis, cells)
+        if cells is None and plan.row_bound is not None:  # not asked: at most every cell
+            draws = len(raw.rows) * _aggregates(analysis)
+        else:
+            draws = _draws_per_person(analysis, cells)
         record["cells_per_person"] = draws
         spread = max(1.0, draws / FREE_DRAWS)
         if not rounded:
@@ -769,12 +775,16 @@ def _one_level_only(shapes: list[RowShape], hidden: set[int]) -> set[int]:
     return {r for r, lv in enumerate(level) if lv != keep and r not in hidden}
 
 
+def _aggregates(analysis: Analysis) -> int:
+    return sum(o.kind == "aggregate" for o in analysis.outputs)
+
+
 def _draws_per_person(analysis: Analysis, cells: int | None) -> int:
     """How many released cells one person can be in: aggregate columns times grouping sets
     or UNION branches, times the groups of the table one person's rows fall in where that
     was measured (``cells``: per person, the (detail cell, branch) groups, summed over
     branches); where it was not, each branch reads one row per person."""
-    aggregates = sum(o.kind == "aggregate" for o in analysis.outputs)
+    aggregates = _aggregates(analysis)
     if cells is None:
         return aggregates * sum(grouping_sets(q) for q in outer_selects(analysis.tree))
     return cells * aggregates * (grouping_sets(analysis.tree) if analysis.margins else 1)

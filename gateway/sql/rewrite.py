@@ -63,6 +63,9 @@ class RowBound:
 
     sql: str
     columns: tuple[int, ...]
+    #: whether some count column can take several rows of one person (else the query is
+    #: asked for the cells alone, and a small enough result answers that without it)
+    asks_rows: bool = True
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ def row_bound(analysis: Analysis, obligations: Obligations, catalogue: Catalogue
                        exp.alias_(exp.Max(this=exp.column("__cells")), "__cells")).from_(
         exp.Subquery(this=person, alias=exp.TableAlias(this=exp.to_identifier("__per"))))
     _filter_scans(query, obligations, catalogue)
-    return RowBound(query.sql(dialect=DIALECT), tuple(columns))
+    return RowBound(query.sql(dialect=DIALECT), tuple(columns), asks_rows=bool(asked))
 
 
 def _rewrite(
@@ -626,9 +629,6 @@ def _single_pass(
 
     inner = [exp.alias_(key_exprs[i], f"__k{i}") for i in keys]
     inner.append(exp.alias_(rowpid.copy(), "__pid"))
-    # the cells this person is in: their (cell, person) groups (see row_bound, round 22)
-    inner.append(exp.alias_(exp.Window(this=exp.Count(this=exp.Star()),
-                                       partition_by=[rowpid.copy()]), "__ncells"))
     outer: list[exp.Expression] = []
     people: list[exp.Expression] = []
     cell_keys_sql: list[exp.Expression] = []
@@ -693,11 +693,16 @@ def _single_pass(
     row_max = [exp.alias_(exp.Max(this=exp.Abs(this=exp.column(
         f"__s{i}" if isinstance(aggs[i][0], exp.Sum) else f"__c{i}"))), f"__rows{i}")
         for i in counts]
+    # the most cells one person is in: their (cell, person) groups, counted per person (see
+    # row_bound, round 22); one scalar beside every row, from the same materialised groups
     someone = exp.Not(this=exp.Is(this=exp.column("__pid"), expression=exp.Null()))
-    cells_max = exp.alias_(exp.Filter(this=exp.Max(this=exp.column("__ncells")),
-                                      expression=exp.Where(this=someone)), "__cells")
+    per_person = exp.select(exp.alias_(exp.Count(this=exp.Star()), "__n")).from_(
+        "__pp").where(someone).group_by(exp.column("__pid"))
+    cells_max = exp.alias_(exp.Subquery(this=exp.select(exp.Max(this=exp.column("__n"))).from_(
+        exp.Subquery(this=per_person, alias=exp.TableAlias(this=exp.to_identifier("__per"))))),
+        "__cells")
     query = exp.select(*outer, *people, *tops, *cell_keys_sql, *row_max, cells_max).from_(
-        exp.Subquery(this=tree, alias=exp.TableAlias(this=exp.to_identifier("__pp"))))
+        "__pp").with_("__pp", as_=tree)
     if keys:
         query = query.group_by(*[exp.column(f"__k{i}") for i in keys])
     if new_order:

@@ -132,3 +132,31 @@ def test_many_perturbed_rows_of_a_plain_group_by_pin_a_small_group(server, raw):
         pinned[size] = round(statistics.mean(diffs))
     assert any(guess != size for size, guess in pinned.items()), (
         f"one query each pinned small groups exactly under cell_key (true: guessed): {pinned}")
+
+
+def test_the_cells_of_a_person_are_counted_only_where_they_could_be_many(server):
+    """The count costs an engine pass where the single pass does not carry it. A result of
+    at most 8 cells cannot hold one person more than 8 times: no pass; a larger one over
+    several rows per person is counted, and the count is on the audit entry."""
+    def union(key: str) -> str:
+        return (f"SELECT {key} AS k, COUNT(DISTINCT h.person_id) AS people FROM "
+                f"hospital_admissions h GROUP BY 1 UNION ALL SELECT 'all', "
+                "COUNT(DISTINCT h.person_id) FROM hospital_admissions h")
+
+    small = query_as(server, PLANNER, union("h.admission_method"))
+    assert small.status_code == 200, small.text
+    entry = server.entry_for(small)
+    assert "row_bound_sql" not in entry and entry["cells_per_person"] <= 8
+    large = query_as(server, PLANNER, union("CAST(h.admission_date AS VARCHAR)"))
+    assert large.status_code == 200, large.text
+    entry = server.entry_for(large)
+    assert "row_bound_sql" in entry and entry["cells_per_person"] > 1
+
+
+def test_the_single_pass_counts_cells_beside_the_callers_own_ctes(server):
+    sql = ("WITH e AS (SELECT g.person_id, g.snomed_code FROM gp_events g) "
+           "SELECT e.snomed_code, COUNT(*) AS events FROM e GROUP BY 1")
+    resp = query_as(server, PLANNER, sql)
+    assert resp.status_code == 200, resp.text
+    entry = server.entry_for(resp)
+    assert "WITH __pp AS (WITH" in entry["executed_sql"] and entry["cells_per_person"] > 1
