@@ -1250,9 +1250,11 @@ def _one_per_person(source, catalogue: Catalogue) -> bool:
     if isinstance(source, Scope) and isinstance(source.expression, exp.Select):
         select = source.expression
         keys = group_keys(select.args.get("group"))
-        if any(isinstance(k, exp.Column) and is_person_key(k, source, catalogue)
-               for k in keys) and not any(isinstance(k, exp.Column) and not
-                                          is_person_key(k, source, catalogue) for k in keys):
+        # one row per person: grouped by the person key and nothing else. Any other key, a
+        # column or an expression (a CASE, a parenthesised column), gives a row per person
+        # per value, tagged apart (review round 26)
+        if keys and all(isinstance(k, exp.Column) and is_person_key(k, source, catalogue)
+                        and not may_be_null(k, source, catalogue) for k in keys):
             return not select.args.get("group").find(*MARGINS)
         if not select.args.get("group") and len(source.selected_sources) == 1:
             ((_, only),) = source.selected_sources.values()
