@@ -138,6 +138,7 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
     _check_depth(tree, max_depth)
     _check_nodes(tree)
     ctes = _check_tables(tree, catalogue)
+    _check_expanded_size(tree)
     for ident in tree.find_all(exp.Identifier):
         if ident.name.startswith("__"):
             # the rewrite names its own hidden columns and subqueries so (__pid, __pp, ...)
@@ -286,6 +287,43 @@ def _combine(branches: list[tuple[OutputColumn, ...]]) -> tuple[OutputColumn, ..
         combined.append(OutputColumn(col.name, kind, shape if kind == "aggregate" else "",
                                      additive if kind == "aggregate" else False))
     return tuple(combined)
+
+
+#: how many table scans a query may make once every CTE reference is expanded in place
+MAX_EXPANDED_SCANS = 64
+
+
+def _check_expanded_size(tree: exp.Expression) -> None:
+    """A CTE read twice by each of a chain of CTEs is 2^n scans to the engine, which plans it
+    for longer than any time limit can interrupt (review round 26: twelve CTEs held a
+    request past 35 s). Count the scans with every CTE reference expanded, and refuse past
+    MAX_EXPANDED_SCANS."""
+    bodies: dict[str, list[exp.Expression]] = {}
+    for cte in tree.find_all(exp.CTE):
+        bodies.setdefault(cte.alias_or_name.lower(), []).append(cte.this)
+    sizes: dict[str, int] = {}
+
+    def scans(node: exp.Expression, inside: frozenset[str]) -> int:
+        n = 0
+        for table in node.find_all(exp.Table):
+            name = table.name.lower()
+            if name in bodies and name not in inside:
+                if name not in sizes:
+                    sizes[name] = max(scans(b, inside | {name}) for b in bodies[name])
+                n += sizes[name]
+            else:
+                n += 1
+            if n > MAX_EXPANDED_SCANS:
+                break
+        return n
+
+    main = tree.copy()
+    main.set("with", None)
+    if scans(main, frozenset()) > MAX_EXPANDED_SCANS:
+        raise SqlRejected(
+            f"the query reads more than {MAX_EXPANDED_SCANS} tables once its CTEs are "
+            "expanded where they are used", code="sql_too_complex",
+            hint="read each CTE fewer times, or join the tables directly")
 
 
 def _check_output_names(tree: exp.Expression) -> None:
@@ -577,11 +615,17 @@ def _reads_people(source, catalogue: Catalogue) -> bool:
         t = catalogue.table(source.name)
         return bool(t and t.kind.value == "person_level")
     if isinstance(source, Scope):
-        direct = any((t := catalogue.table(tab.name)) is not None
-                     and t.kind.value == "person_level"
-                     for tab in source.expression.find_all(exp.Table))
-        return direct or any(_reads_people(s, catalogue) for s in source.sources.values()
-                             if isinstance(s, Scope))
+        # kept on the scope: a CTE read twice by each of a chain of CTEs would otherwise be
+        # walked 2^n times (review round 26: 13 CTEs, 100 s)
+        known = getattr(source, "_sde_reads_people", None)
+        if known is None:
+            direct = any((t := catalogue.table(tab.name)) is not None
+                         and t.kind.value == "person_level"
+                         for tab in source.expression.find_all(exp.Table))
+            known = direct or any(_reads_people(s, catalogue) for s in source.sources.values()
+                                  if isinstance(s, Scope))
+            source._sde_reads_people = known
+        return known
     return False
 
 
@@ -1106,8 +1150,11 @@ def lineage(node: exp.Expression, scope: Scope, depth: int = 0) -> set[tuple[str
     """Every base (table, column) an expression is computed from, through derived tables,
     windows and aggregates."""
     out: set[tuple[str, str]] = set()
-    if depth > 32:
-        return out
+    if depth > MAX_LINEAGE_DEPTH:
+        # never "computed from nothing": past this depth the query is refused
+        raise SqlRejected(f"columns are passed through more than {MAX_LINEAGE_DEPTH} derived "
+                          "tables or CTEs", code="sql_too_deep",
+                          hint="compute the column nearer to where it is used")
     for col in node.find_all(exp.Column):
         owner = scope if col.table in scope.sources else _owner(scope, col.table)
         source = owner.sources.get(col.table) if owner is not None else None
@@ -1118,8 +1165,22 @@ def lineage(node: exp.Expression, scope: Scope, depth: int = 0) -> set[tuple[str
     return out
 
 
+#: how many derived tables or CTEs a column may be followed through
+MAX_LINEAGE_DEPTH = 48
+
+
 def _scope_column_lineage(source: Scope, name: str, depth: int) -> set[tuple[str, str]]:
-    """What a derived table's column is computed from, through every branch of a UNION."""
+    """What a derived table's column is computed from, through every branch of a UNION. Kept
+    on the scope per column: a chain of CTEs each reading the one before twice would
+    otherwise be walked 2^n times (review round 26: 21 CTEs, minutes)."""
+    memo = source.__dict__.setdefault("_sde_lineage", {})
+    if name not in memo:
+        memo[name] = frozenset(_scope_column_lineage_uncached(source, name, depth))
+    return set(memo[name])
+
+
+def _scope_column_lineage_uncached(source: Scope, name: str,
+                                   depth: int) -> set[tuple[str, str]]:
     if isinstance(source.expression, exp.Select):
         for proj in source.expression.expressions:
             if proj.alias_or_name == name:
