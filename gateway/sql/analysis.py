@@ -678,21 +678,44 @@ def _check_person_links(scope: Scope, catalogue: Catalogue) -> None:
         key = (id(owner), col.table) if owner is not None else None
         return key if key in nodes and is_person_key(col, owner, catalogue) else None
 
-    conditions = [select.args.get("where")] + [j.args.get("on") for j in
-                                                select.args.get("joins") or []]
-    for cond in conditions:
-        if cond is None:
-            continue
+    joins = select.args.get("joins") or []
+    outer = [j.args.get("on") for j in joins
+             if (j.args.get("side") or "").upper() in ("LEFT", "RIGHT", "FULL")]
+    conditions = [select.args.get("where")] + [j.args.get("on") for j in joins]
+
+    def links(conds) -> list[tuple]:
         # Only an equality that must hold for every row links people: a top-level conjunct.
         # Under OR or NOT it does not (p.person_id = q.person_id OR ... is a cross join).
-        for eq in _conjuncts(cond):
-            if not isinstance(eq, exp.EQ):
-                continue
-            a, b = eq.this, eq.expression
-            if isinstance(a, exp.Column) and isinstance(b, exp.Column):
-                na, nb = node_of(a), node_of(b)
-                if na and nb and na != nb:
-                    parent[find(na)] = find(nb)
+        out = []
+        for cond in conds:
+            for eq in _conjuncts(cond) if cond is not None else []:
+                a, b = (eq.this, eq.expression) if isinstance(eq, exp.EQ) else (None, None)
+                if isinstance(a, exp.Column) and isinstance(b, exp.Column):
+                    na, nb = node_of(a), node_of(b)
+                    if na and nb and na != nb:
+                        out.append((na, nb))
+        return out
+
+    # WHERE and inner joins' ON filter the rows; an outer join's ON filters nothing on the
+    # side it keeps: ``q CROSS JOIN h LEFT JOIN deaths d ON d.person_id = q.person_id AND
+    # d.person_id = h.person_id`` pairs every q with every h (review round 27). Its
+    # equalities only attach the padded source to the people already joined.
+    for na, nb in links([c for c in conditions if not any(c is o for o in outer)]):
+        parent[find(na)] = find(nb)
+    padded = {(id(scope), a) for a in padded_sources(select, scope, catalogue)}
+
+    def only_padded(n) -> bool:
+        root = find(n)
+        return all(m in padded for m in nodes if find(m) == root)
+
+    attach = links(outer)
+    changed = True
+    while changed:
+        changed = False
+        for na, nb in attach:
+            if find(na) != find(nb) and (only_padded(na) or only_padded(nb)):
+                parent[find(na)] = find(nb)
+                changed = True
     _check_lookups(scope, selected, conditions, catalogue)
     if len({find(n) for n in nodes}) > 1:
         names = sorted(alias for _, alias in nodes)
