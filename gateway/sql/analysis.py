@@ -139,6 +139,7 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
     _check_nodes(tree)
     ctes = _check_tables(tree, catalogue)
     _check_expanded_size(tree)
+    _check_alias_expansion(tree)
     for ident in tree.find_all(exp.Identifier):
         if ident.name.startswith("__"):
             # the rewrite names its own hidden columns and subqueries so (__pid, __pp, ...)
@@ -324,6 +325,65 @@ def _check_expanded_size(tree: exp.Expression) -> None:
             f"the query reads more than {MAX_EXPANDED_SCANS} tables once its CTEs are "
             "expanded where they are used", code="sql_too_complex",
             hint="read each CTE fewer times, or join the tables directly")
+
+
+#: how many syntax nodes a query may come to once every reference to an output column (an
+#: alias, a GROUP BY position) is replaced by a copy of its expression, as the resolver does
+MAX_EXPANDED_NODES = 20_000
+
+
+def _check_alias_expansion(tree: exp.Expression) -> None:
+    """The resolver copies an output column's expression wherever its alias or position is
+    used: ``a0 + a0 AS a1, a1 + a1 AS a2, ...`` doubles at each step, and ``GROUP BY 1, 1,
+    ...`` copies a long CASE hundreds of times. Every check and the rewrite then work on the
+    copies, outside the engine's time limit (review round 27: 331 characters took 44 s and
+    2 GB). Count the nodes with every reference expanded, before resolving, and refuse past
+    MAX_EXPANDED_NODES."""
+    for select in tree.find_all(exp.Select):
+        if _expanded_nodes(select) > MAX_EXPANDED_NODES:
+            raise SqlRejected(
+                "the query is too large once its column aliases and positions are expanded "
+                f"(more than {MAX_EXPANDED_NODES:,} syntax nodes)", code="sql_too_complex",
+                hint="name each expression once, and group by each key once, not an alias "
+                "built from other aliases many times over")
+
+
+def _expanded_nodes(select: exp.Select) -> int:
+    """A select's syntax nodes, each alias or GROUP BY / ORDER BY position counted as the
+    expression it stands for (once per alias, kept), stopping past MAX_EXPANDED_NODES."""
+    projections = select.expressions
+    aliased = {p.alias.lower(): p.this for p in projections
+               if isinstance(p, exp.Alias) and p.alias}
+    sizes: dict[str, int] = {}
+
+    def size(node: exp.Expression, inside: frozenset[str]) -> int:
+        n = 0
+        for sub in node.walk():
+            n += 1
+            if isinstance(sub, exp.Column) and not sub.table:
+                name = sub.name.lower()
+                if name in aliased and name not in inside:
+                    if name not in sizes:
+                        sizes[name] = size(aliased[name], inside | {name})
+                    n += sizes[name]
+            elif (isinstance(sub, exp.Literal) and sub.is_int
+                  and sub.find_ancestor(exp.Select) is select
+                  and sub.find_ancestor(exp.Group, exp.Order, exp.Select) is not select
+                  and 1 <= int(sub.this) <= len(projections)
+                  and f"#{sub.this}" not in inside):
+                # a position of this select's GROUP BY or ORDER BY: the column it names
+                n += size(projections[int(sub.this) - 1], inside | {f"#{sub.this}"})
+            if n > MAX_EXPANDED_NODES:
+                break
+        return n
+
+    total = 0
+    for part in [*projections, *(select.args.get(k) for k in
+                                 ("where", "group", "having", "order", "qualify"))]:
+        total += size(part, frozenset()) if part is not None else 0
+        if total > MAX_EXPANDED_NODES:
+            break
+    return total
 
 
 def _check_output_names(tree: exp.Expression) -> None:
