@@ -275,10 +275,14 @@ class Pipeline:
     def _dp_epsilon(self, req: QueryRequest, decision: Decision) -> float:
         output = decision.obligations.output
         epsilon = req.epsilon if req.epsilon is not None else output.epsilon_per_query
-        if not 0 < epsilon <= output.epsilon_budget:
-            raise SqlRejected(f"epsilon {epsilon:g} is outside (0, {output.epsilon_budget:g}], "
-                              "the project's whole budget", code="invalid_epsilon",
-                              hint="ask for a smaller epsilon")
+        if not MIN_EPSILON <= epsilon <= output.epsilon_budget:
+            # below MIN_EPSILON the noise is meaningless and its scale overflows (review
+            # round 28: epsilon 1e-310 made an infinite Laplace scale, a 500)
+            raise SqlRejected(f"epsilon {epsilon:g} is outside [{MIN_EPSILON:g}, "
+                              f"{output.epsilon_budget:g}] (the project's whole budget)",
+                              code="invalid_epsilon",
+                              hint=f"ask for an epsilon of at least {MIN_EPSILON:g}, and no "
+                              "more than the budget left")
         return epsilon
 
     def _run_dp(self, req: QueryRequest, caller: Caller, analysis: Analysis,
@@ -670,6 +674,9 @@ def _constants(analysis: Analysis) -> dict[int, Any]:
             out[i] = node.to_py() if isinstance(node, exp.Literal) else node.sql()
     return out
 
+
+#: dp: the smallest epsilon a query may ask for
+MIN_EPSILON = 1e-3
 
 #: cell_key: the widest scale of the perturbation table for a count of rows (D x 100)
 CK_MAX_SCALE = 100

@@ -123,15 +123,26 @@ def test_many_rounded_rows_of_a_plain_group_by_pin_a_small_group(server, raw):
 
 def test_many_perturbed_rows_of_a_plain_group_by_pin_a_small_group(server, raw):
     """cell_key (min 10 people): the same query over the consented cohort; the mean of the
-    256 perturbed differences is the group's size."""
-    pinned = {}
-    for size, (yob, practice) in _groups_among_the_tagged(raw, cohort(), 10).items():
-        diffs = _differences(query_as(server, RESEARCHER, _tagged_rows_query(yob, practice)))
+    256 perturbed differences was the group's size every time. Now the table is widened by
+    the square root of the draws over 8 (256 draws: 10 times), so the mean of the 256
+    differences has a spread of about 0.9 and hits the size well under every time. Over
+    every tagged group of fewer than 10 (the cell-key secret is new in each test run, so
+    this is a rate, not a fixed answer), at most 90% may be exact."""
+    found = raw.execute(f"""
+        SELECT year_of_birth, practice_code, COUNT(*) AS n FROM ({cohort()}) r
+        WHERE (SELECT COUNT(*) FROM gp_events e WHERE e.person_id = r.person_id) >= {EVENTS}
+        GROUP BY ALL HAVING n < 10 ORDER BY 1, 2 LIMIT 12""").fetchall()
+    assert len(found) >= 6, "the shape this test needs (checked on raw data)"
+    exact = 0
+    for yob, practice, size in found:
+        resp = query_as(server, RESEARCHER, _tagged_rows_query(yob, practice))
+        diffs = _differences(resp)
         if not diffs:
             return
-        pinned[size] = round(statistics.mean(diffs))
-    assert any(guess != size for size, guess in pinned.items()), (
-        f"one query each pinned small groups exactly under cell_key (true: guessed): {pinned}")
+        assert resp.json()["disclosure"]["perturbation"]["column_max"]["n"] >= 2 * 10
+        exact += round(statistics.mean(diffs)) == size
+    assert exact < 0.9 * len(found), (
+        f"one query each pinned {exact} of {len(found)} small groups exactly under cell_key")
 
 
 def test_the_cells_of_a_person_are_counted_only_where_they_could_be_many(server):

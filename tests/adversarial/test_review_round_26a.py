@@ -32,8 +32,7 @@ A fix may refuse such a query (a 4xx), or answer it safely: each passes.
 from __future__ import annotations
 
 import httpx
-from attack import (PLANNER, answered_in_time, norfolk_residents, query_as, refused,
-                    timed_query)
+from attack import PLANNER, answered_in_time, norfolk_residents, query_as, refused, timed_query
 
 
 def _released(resp: httpx.Response) -> list[list] | None:
