@@ -33,6 +33,17 @@ copy (``l.lsoa_code = 'A' OR h.person_id NOT IN (<her>)``): both cells rest on e
 resident with admissions (1415), pass dominance, and threshold releases sums exact. The
 difference is her exact total (seen 11143 - 11021 = 122, raw 122).
 
+**A CTE that shadows an outer CTE of its name is counted as reading itself once.**
+``_check_expanded_size`` (review round 26) expands every CTE reference and refuses past 64
+scans, but it keys CTE bodies by name alone, and a reference to a name already being expanded
+counts 1 (it takes it for recursion). In DuckDB a nested ``WITH a AS (... FROM a x JOIN a y
+...)`` reads the *outer* ``a``: twelve such levels, each reading the one outside twice, are
+2^12 = 4096 scans, counted as about 50. DuckDB materialises a CTE read twice, unless asked
+``AS NOT MATERIALIZED`` (a plain CTE to the allow-list); then it inlines all 4096 (each a
+filtered scan once the rewrite has run) and plans for minutes, past any time limit: ten levels
+held a request over three minutes, eleven take 20 s in plain DuckDB over 1000 rows, twelve
+could not be interrupted there at 30 s.
+
 A fix may refuse such a query (a 4xx), or answer it safely: each passes.
 """
 
@@ -41,7 +52,8 @@ from __future__ import annotations
 import math
 
 import httpx
-from attack import PLANNER, norfolk_residents, query_as, refused
+from attack import (PLANNER, answered_in_time, norfolk_residents, query_as, refused,
+                    timed_query)
 
 
 def _released(resp: httpx.Response) -> list[list] | None:
@@ -153,3 +165,17 @@ def test_a_lookup_keyed_in_an_outer_joins_on_repeats_each_admission_per_area(ser
     assert abs((sums[lsoa] - sums[other]) - truth) > 0.5, (
         f"{sums[lsoa]} - {sums[other]} is {truth}, the exact total length of stay of the one "
         f"resident born in {yob} living in {lsoa}: every admission was summed in both cells")
+
+
+def test_nested_ctes_shadowing_the_outer_one_read_it_twice_each_uncounted(server):
+    """Each level's ``a`` reads the ``a`` outside it twice: 2^12 scans, NOT MATERIALIZED, so
+    the engine inlines them all and plans past the time limit."""
+    inner = "SELECT a.person_id, a.sex FROM a"
+    for k in range(12):
+        inner = ("WITH a AS NOT MATERIALIZED (SELECT x.person_id, x.sex FROM a x JOIN a y "
+                 f"ON x.person_id = y.person_id) SELECT s{k}.person_id, s{k}.sex "
+                 f"FROM ({inner}) s{k}")
+    sql = ("WITH a AS (SELECT person_id, sex FROM patients) SELECT t.sex AS sex, "
+           f"COUNT(DISTINCT t.person_id) AS n FROM ({inner}) t GROUP BY t.sex")
+    resp, took = timed_query(server, PLANNER, sql)
+    answered_in_time(resp, took, "twelve nested CTEs, each reading the one outside twice")
