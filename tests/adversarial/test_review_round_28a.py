@@ -1,0 +1,181 @@
+"""The breaks of review round 28a, kept as tests (docs/security.md lists every round).
+
+**A later RIGHT or FULL join makes the sides it preserves look padded.** Round 27's fix to
+``_check_person_links`` (``gateway/sql/analysis.py``) lets an outer join's ON equalities only
+*attach* a component made of padded sources (``padded_sources``) to the people already
+joined. But ``padded_sources`` answers "may this alias be NULL on some row", for the whole
+FROM clause, not "is this the side this join pads": a FULL JOIN marks every source before it
+as padded, and a RIGHT JOIN anywhere after them does the same. The sources of a cross join
+then all count as padded, and the ON of any outer join links them:
+
+    FROM patients q CROSS JOIN hospital_admissions h
+    FULL JOIN deaths d ON d.person_id = q.person_id AND d.person_id = h.person_id
+    WHERE q.person_id IS NOT NULL ...
+
+pairs every patient with every admission (a FULL JOIN keeps the unmatched pairs of its left
+side), exactly round 27's attack: the two released sums by sex are N_F and N_M times one
+chosen resident's total length of stay (seen 453596 = 3718 x 122 and 419314 = 3437 x 122
+for a Norfolk resident alone in her year of birth and small area, raw total 122), and her
+registration date is released as the key of a row resting on every resident (7155). The same
+with ``LEFT JOIN deaths d ON d.person_id = h.person_id AND d.person_id = q.person_id RIGHT
+JOIN patients e ON e.person_id = q.person_id``: the RIGHT JOIN pads q and h, so the LEFT
+JOIN's ON merges them.
+
+**A lookup keyed only in an outer join's ON is a cross join.** ``_check_lookups`` accepts a
+reference table beside people's rows if some top-level equality ties its key to a
+person-level column, and it looks for that equality in the WHERE and in *every* join's ON,
+outer joins' too. ``CROSS JOIN lsoa_lookup l LEFT JOIN deaths d ON l.lsoa_code = p.lsoa_code
+AND ...`` passes, though the LEFT JOIN's ON filters nothing: every admission is repeated for
+every area. ``_check_measure_rows_once`` takes a reference table for one row per person
+(``_one_per_person`` asks what the table is, not how it is joined), so a summed length of
+stay is repeated in one cell per area, tagged apart. Leave one resident out of one area's
+copy (``l.lsoa_code = 'A' OR h.person_id NOT IN (<her>)``): both cells rest on every
+resident with admissions (1415), pass dominance, and threshold releases sums exact. The
+difference is her exact total (seen 11143 - 11021 = 122, raw 122).
+
+**A CTE that shadows an outer CTE of its name is counted as reading itself once.**
+``_check_expanded_size`` (review round 26) expands every CTE reference and refuses past 64
+scans, but it keys CTE bodies by name alone, and a reference to a name already being expanded
+counts 1 (it takes it for recursion). In DuckDB a nested ``WITH a AS (... FROM a x JOIN a y
+...)`` reads the *outer* ``a``: twelve such levels, each reading the one outside twice, are
+2^12 = 4096 scans, counted as about 50. DuckDB materialises a CTE read twice, unless asked
+``AS NOT MATERIALIZED`` (a plain CTE to the allow-list); then it inlines all 4096 (each a
+filtered scan once the rewrite has run) and plans for minutes, past any time limit: ten levels
+held a request over three minutes, eleven take 20 s in plain DuckDB over 1000 rows, twelve
+could not be interrupted there at 30 s.
+
+A fix may refuse such a query (a 4xx), or answer it safely: each passes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+from attack import (PLANNER, answered_in_time, norfolk_residents, query_as, refused,
+                    timed_query)
+
+
+def _released(resp: httpx.Response) -> list[list] | None:
+    assert resp.status_code < 500, resp.text
+    if refused(resp):
+        return None
+    body = resp.json()
+    return body["rows"] if body["status"] == "released" else None
+
+
+def _her(raw) -> tuple[int, str, float, str]:
+    """A Norfolk resident alone in her year of birth and small area, with admissions: her year
+    of birth, small area, exact total length of stay and registration date."""
+    found = raw.execute(f"""
+        WITH alone AS (
+            SELECT year_of_birth, lsoa_code, MIN(person_id) AS pid FROM ({norfolk_residents()})
+            GROUP BY ALL HAVING COUNT(*) = 1)
+        SELECT a.year_of_birth, a.lsoa_code, SUM(h.length_of_stay),
+               CAST(ANY_VALUE(p.registration_date) AS VARCHAR)
+        FROM alone a JOIN hospital_admissions h ON h.person_id = a.pid
+        JOIN patients p ON p.person_id = a.pid
+        GROUP BY ALL HAVING SUM(h.length_of_stay) > 0
+        ORDER BY 3 DESC, 1, 2 LIMIT 1""").fetchone()
+    assert found is not None, "the shape this test needs (checked on raw data)"
+    return found[0], found[1], float(found[2]), found[3]
+
+
+def _her_filter(yob: int, lsoa: str) -> str:
+    return (f"(SELECT x.person_id FROM patients x WHERE x.year_of_birth = {yob} "
+            f"AND x.lsoa_code = '{lsoa}')")
+
+
+def _assert_not_multiples(raw, rows, truth: float, yob: int, lsoa: str) -> None:
+    people = dict(raw.execute(
+        f"SELECT sex, COUNT(*) FROM ({norfolk_residents()}) GROUP BY sex").fetchall())
+    for sex, los in rows or []:
+        assert los is None or abs(los - people[sex] * truth) > 0.5, (
+            f"the cell {sex} is {los} = {people[sex]} people x {truth}, the exact total length "
+            f"of stay of the one resident born in {yob} living in {lsoa}")
+    sums = [int(los) for _, los in rows or [] if los is not None and float(los).is_integer()]
+    if len(sums) == 2:
+        assert math.gcd(*sums) != truth, f"the gcd of the two sums is her total {truth}"
+
+
+def test_a_full_join_after_a_cross_join_pads_both_sides_and_links_them(server, raw):
+    """FULL JOIN marks q and h padded, so its ON merges them: every patient x her stays."""
+    yob, lsoa, truth, _ = _her(raw)
+    sql = f"""
+        SELECT q.sex AS sex, SUM(h.length_of_stay) AS los
+        FROM patients q
+        CROSS JOIN hospital_admissions h
+        FULL JOIN deaths d ON d.person_id = q.person_id AND d.person_id = h.person_id
+        WHERE q.person_id IS NOT NULL AND h.person_id IN {_her_filter(yob, lsoa)}
+        GROUP BY q.sex ORDER BY q.sex"""
+    _assert_not_multiples(raw, _released(query_as(server, PLANNER, sql)), truth, yob, lsoa)
+
+
+def test_a_full_join_after_a_cross_join_releases_one_persons_date(server, raw):
+    """Her registration date and ethnicity as the keys of a row resting on every resident."""
+    yob, lsoa, _, registered = _her(raw)
+    sql = f"""
+        SELECT q.registration_date AS registered, q.ethnicity AS eth,
+               COUNT(DISTINCT p.person_id) AS people
+        FROM patients p
+        CROSS JOIN patients q
+        FULL JOIN deaths d ON d.person_id = p.person_id AND d.person_id = q.person_id
+        WHERE p.person_id IS NOT NULL AND q.year_of_birth = {yob} AND q.lsoa_code = '{lsoa}'
+        GROUP BY q.registration_date, q.ethnicity"""
+    for row in _released(query_as(server, PLANNER, sql)) or []:
+        assert str(row[0]) != registered, (
+            f"the registration date of the one resident born in {yob} living in {lsoa} "
+            f"({registered}) released as the key of a row resting on {row[2]} people")
+
+
+def test_a_later_right_join_pads_the_cross_joined_sides_so_a_left_join_links_them(server, raw):
+    """RIGHT JOIN e pads q, h and d; then the LEFT JOIN's ON (d~h, d~q) merges q and h,
+    though it filters none of their pairs, and e's ON keeps every one of them."""
+    yob, lsoa, truth, _ = _her(raw)
+    sql = f"""
+        SELECT q.sex AS sex, SUM(h.length_of_stay) AS los
+        FROM patients q
+        CROSS JOIN hospital_admissions h
+        LEFT JOIN deaths d ON d.person_id = h.person_id AND d.person_id = q.person_id
+        RIGHT JOIN patients e ON e.person_id = q.person_id
+        WHERE h.person_id IN {_her_filter(yob, lsoa)}
+        GROUP BY q.sex ORDER BY q.sex"""
+    _assert_not_multiples(raw, _released(query_as(server, PLANNER, sql)), truth, yob, lsoa)
+
+
+def test_a_lookup_keyed_in_an_outer_joins_on_repeats_each_admission_per_area(server, raw):
+    """Every admission summed once per area; one area's copy leaves her out: the difference
+    of the two exact sums is her total length of stay."""
+    yob, lsoa, truth, _ = _her(raw)
+    other = raw.execute(f"SELECT MIN(lsoa_code) FROM lsoa_lookup WHERE lsoa_code <> '{lsoa}'"
+                        ).fetchone()[0]
+    sql = f"""
+        SELECT l.lsoa_code AS area, SUM(h.length_of_stay) AS los
+        FROM hospital_admissions h
+        JOIN patients p ON p.person_id = h.person_id
+        CROSS JOIN lsoa_lookup l
+        LEFT JOIN deaths d ON l.lsoa_code = p.lsoa_code AND d.person_id = p.person_id
+        WHERE l.lsoa_code IN ('{lsoa}', '{other}')
+          AND (l.lsoa_code = '{lsoa}' OR h.person_id NOT IN {_her_filter(yob, lsoa)})
+        GROUP BY l.lsoa_code ORDER BY l.lsoa_code"""
+    rows = _released(query_as(server, PLANNER, sql))
+    sums = {area: los for area, los in rows or []}
+    if sums.get(lsoa) is None or sums.get(other) is None:
+        return
+    assert abs((sums[lsoa] - sums[other]) - truth) > 0.5, (
+        f"{sums[lsoa]} - {sums[other]} is {truth}, the exact total length of stay of the one "
+        f"resident born in {yob} living in {lsoa}: every admission was summed in both cells")
+
+
+def test_nested_ctes_shadowing_the_outer_one_read_it_twice_each_uncounted(server):
+    """Each level's ``a`` reads the ``a`` outside it twice: 2^12 scans, NOT MATERIALIZED, so
+    the engine inlines them all and plans past the time limit."""
+    inner = "SELECT a.person_id, a.sex FROM a"
+    for k in range(12):
+        inner = ("WITH a AS NOT MATERIALIZED (SELECT x.person_id, x.sex FROM a x JOIN a y "
+                 f"ON x.person_id = y.person_id) SELECT s{k}.person_id, s{k}.sex "
+                 f"FROM ({inner}) s{k}")
+    sql = ("WITH a AS (SELECT person_id, sex FROM patients) SELECT t.sex AS sex, "
+           f"COUNT(DISTINCT t.person_id) AS n FROM ({inner}) t GROUP BY t.sex")
+    resp, took = timed_query(server, PLANNER, sql)
+    answered_in_time(resp, took, "twelve nested CTEs, each reading the one outside twice")
