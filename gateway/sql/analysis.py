@@ -563,7 +563,12 @@ def _construct(node: exp.Expression) -> str:
 
 
 def _check_tables(tree: exp.Select, catalogue: Catalogue) -> set[str]:
-    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    names = [cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)]
+    ctes = set(names)
+    if len(ctes) < len(names):
+        # an inner WITH a AS (... FROM a ...) reads the outer a: 2^n scans to the engine,
+        # counted as one each by the size check (review round 28)
+        raise SqlRejected("a CTE name is defined twice", hint="give each CTE its own name")
     for name in ctes:
         if catalogue.table(name) is not None:
             raise SqlRejected(f"a CTE may not be named after the catalogue table {name!r}")
@@ -739,8 +744,14 @@ def _check_person_links(scope: Scope, catalogue: Catalogue) -> None:
         return key if key in nodes and is_person_key(col, owner, catalogue) else None
 
     joins = select.args.get("joins") or []
+    if nodes and any((j.args.get("side") or "").upper() in ("RIGHT", "FULL") for j in joins):
+        # a RIGHT or FULL join pads the sources before it, whose pairs it keeps whatever its
+        # ON says: after a cross join, every pair (review round 28)
+        raise SqlRejected("RIGHT and FULL joins are not allowed beside people's rows",
+                          hint="write it as a LEFT JOIN, starting FROM the table whose rows "
+                          "you keep")
     outer = [j.args.get("on") for j in joins
-             if (j.args.get("side") or "").upper() in ("LEFT", "RIGHT", "FULL")]
+             if (j.args.get("side") or "").upper() == "LEFT"]
     conditions = [select.args.get("where")] + [j.args.get("on") for j in joins]
 
     def links(conds) -> list[tuple]:
@@ -776,7 +787,9 @@ def _check_person_links(scope: Scope, catalogue: Catalogue) -> None:
             if find(na) != find(nb) and (only_padded(na) or only_padded(nb)):
                 parent[find(na)] = find(nb)
                 changed = True
-    _check_lookups(scope, selected, conditions, catalogue)
+    own_on = {j.this.alias_or_name: j.args.get("on") for j in joins}
+    filtering = [c for c in conditions if not any(c is o for o in outer)]
+    _check_lookups(scope, selected, filtering, own_on, catalogue)
     if len({find(n) for n in nodes}) > 1:
         names = sorted(alias for _, alias in nodes)
         raise SqlRejected(
@@ -803,17 +816,21 @@ def _is_subquery(scope: Scope) -> bool:
     return scope.is_subquery
 
 
-def _check_lookups(scope: Scope, selected: dict, conditions: list, catalogue: Catalogue) -> None:
+def _check_lookups(scope: Scope, selected: dict, filtering: list, own_on: dict,
+                   catalogue: Catalogue) -> None:
     """Beside people's rows, a source without people must match at most one row per person
     row: a reference table joined on its key, by a top-level equality with a person-level
-    column. Joined any other way (OR, IN, a cross join) it makes filtered copies of people's
-    rows, and two cells of one result could then differ by one chosen person."""
+    column, in WHERE, an inner join's ON, or the ON of its own join. Joined any other way
+    (OR, IN, a cross join, its key tested in another outer join's ON, which filters nothing:
+    review round 28) it makes filtered copies of people's rows, and two cells of one result
+    could then differ by one chosen person."""
     people = {a for a, src in selected.items() if _is_person_source(src, catalogue)}
     if not people:
         return
-    equalities = [eq for cond in conditions if cond is not None for eq in _conjuncts(cond)
-                  if isinstance(eq, exp.EQ)]
     for alias, source in selected.items():
+        conds = [*filtering, own_on.get(alias)]
+        equalities = [eq for cond in conds if cond is not None for eq in _conjuncts(cond)
+                      if isinstance(eq, exp.EQ)]
         if alias in people:
             continue
         table = catalogue.table(source.name) if isinstance(source, exp.Table) else None

@@ -52,8 +52,7 @@ from __future__ import annotations
 import math
 
 import httpx
-from attack import (PLANNER, answered_in_time, norfolk_residents, query_as, refused,
-                    timed_query)
+from attack import PLANNER, answered_in_time, norfolk_residents, query_as, refused, timed_query
 
 
 def _released(resp: httpx.Response) -> list[list] | None:
