@@ -1,0 +1,111 @@
+"""The breaks of review round 29, kept as tests (docs/security.md lists every round).
+
+**A later outer join's ON attaches any padded source, not only the one it joins.** Round 27's
+fix to ``_check_person_links`` (``gateway/sql/analysis.py``) lets the equalities in a LEFT
+JOIN's ON only *attach* a component made of padded sources (``only_padded``) to the people
+already joined, and round 28 refused RIGHT and FULL joins, which pad the sources before them.
+But a source is padded by its *own* LEFT JOIN too, whatever that join's ON says: ``LEFT JOIN
+hospital_admissions h ON TRUE`` (or ``ON h.person_id IS NOT NULL``) is a cross join that
+makes ``h`` a padded component of its own, and the ON of a *later* LEFT JOIN then attaches it:
+
+    FROM patients q
+    LEFT JOIN hospital_admissions h ON TRUE
+    LEFT JOIN deaths d ON d.person_id = q.person_id AND d.person_id = h.person_id
+
+passes as "joined on person_id", though ``d``'s ON filters none of the (q, h) pairs: every
+patient is paired with every admission, round 27's attack again. Nor does
+``_check_measure_rows_once`` see it: beside the summed measure, ``patients`` and ``deaths``
+hold one row per person (``_one_per_person`` asks what the table is, not how it is joined).
+The row's person is ``COALESCE(q.person_id, ...)``, so each cell rests on every patient.
+
+* **One person's exact total length of stay.** Keep the admissions of one resident (alone in
+  her year of birth and small area) and group by the paired patients' sex: the two released
+  sums are N_F and N_M times her total (seen 453596 = 3718 x 122 and 419314 = 3437 x 122 for
+  a Norfolk resident whose raw total is 122), each cell resting on thousands of people who
+  all "contribute" the same, so no dominance rule fires.
+* **One person's attributes as group keys.** ``LEFT JOIN patients q ON TRUE`` filtered to her,
+  grouped by her registration date and ethnicity: one row resting on every resident (7155),
+  released with her exact registration date.
+
+A fix may refuse such a query (a 4xx), or answer it safely: each passes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import pytest
+from attack import PLANNER, norfolk_residents, query_as, refused
+
+
+def _released(resp: httpx.Response) -> list[list] | None:
+    assert resp.status_code < 500, resp.text
+    if refused(resp):
+        return None
+    body = resp.json()
+    return body["rows"] if body["status"] == "released" else None
+
+
+def _her(raw) -> tuple[int, str, float, str]:
+    """A Norfolk resident alone in her year of birth and small area, with admissions: her year
+    of birth, small area, exact total length of stay and registration date."""
+    found = raw.execute(f"""
+        WITH alone AS (
+            SELECT year_of_birth, lsoa_code, MIN(person_id) AS pid FROM ({norfolk_residents()})
+            GROUP BY ALL HAVING COUNT(*) = 1)
+        SELECT a.year_of_birth, a.lsoa_code, SUM(h.length_of_stay),
+               CAST(ANY_VALUE(p.registration_date) AS VARCHAR)
+        FROM alone a JOIN hospital_admissions h ON h.person_id = a.pid
+        JOIN patients p ON p.person_id = a.pid
+        GROUP BY ALL HAVING SUM(h.length_of_stay) > 0
+        ORDER BY 3 DESC, 1, 2 LIMIT 1""").fetchone()
+    assert found is not None, "the shape this test needs (checked on raw data)"
+    return found[0], found[1], float(found[2]), found[3]
+
+
+def _her_filter(yob: int, lsoa: str) -> str:
+    return (f"(SELECT x.person_id FROM patients x WHERE x.year_of_birth = {yob} "
+            f"AND x.lsoa_code = '{lsoa}')")
+
+
+@pytest.mark.parametrize("own_on", ["TRUE", "h.person_id IS NOT NULL"])
+def test_a_later_left_joins_on_attaches_a_source_padded_by_its_own_left_join(server, raw, own_on):
+    """h is padded by its own LEFT JOIN (a cross join), so d's ON attaches it to q: every
+    patient x her admissions, summed by the patients' sex."""
+    yob, lsoa, truth, _ = _her(raw)
+    sql = f"""
+        SELECT q.sex AS sex, SUM(h.length_of_stay) AS los
+        FROM patients q
+        LEFT JOIN hospital_admissions h ON {own_on}
+        LEFT JOIN deaths d ON d.person_id = q.person_id AND d.person_id = h.person_id
+        WHERE h.person_id IN {_her_filter(yob, lsoa)}
+        GROUP BY q.sex ORDER BY q.sex"""
+    rows = _released(query_as(server, PLANNER, sql))
+    people = dict(raw.execute(
+        f"SELECT sex, COUNT(*) FROM ({norfolk_residents()}) GROUP BY sex").fetchall())
+    for sex, los in rows or []:
+        assert los is None or abs(los - people[sex] * truth) > 0.5, (
+            f"the cell {sex} is {los} = {people[sex]} people x {truth}, the exact total length "
+            f"of stay of the one resident born in {yob} living in {lsoa}")
+    sums = [int(los) for _, los in rows or [] if los is not None and float(los).is_integer()]
+    if len(sums) == 2:
+        assert math.gcd(*sums) != truth, f"the gcd of the two sums is her total {truth}"
+
+
+def test_a_later_left_joins_on_attaches_a_padded_person_releasing_her_date(server, raw):
+    """q LEFT JOINed ON TRUE, attached by d's ON: her registration date and ethnicity as the
+    keys of a row resting on every resident."""
+    yob, lsoa, _, registered = _her(raw)
+    sql = f"""
+        SELECT q.registration_date AS registered, q.ethnicity AS eth,
+               COUNT(DISTINCT p.person_id) AS people
+        FROM patients p
+        LEFT JOIN patients q ON TRUE
+        LEFT JOIN deaths d ON d.person_id = p.person_id AND d.person_id = q.person_id
+        WHERE q.year_of_birth = {yob} AND q.lsoa_code = '{lsoa}'
+        GROUP BY q.registration_date, q.ethnicity"""
+    for row in _released(query_as(server, PLANNER, sql)) or []:
+        assert str(row[0]) != registered, (
+            f"the registration date of the one resident born in {yob} living in {lsoa} "
+            f"({registered}) released as the key of a row resting on {row[2]} people")
