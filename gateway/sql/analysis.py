@@ -779,13 +779,20 @@ def _check_person_links(scope: Scope, catalogue: Catalogue) -> None:
         root = find(n)
         return all(m in padded for m in nodes if find(m) == root)
 
-    attach = links(outer)
+    # ... and only the source *that* join pads: a source left unlinked by its own LEFT JOIN
+    # (ON TRUE) is a cross join, which a later join's ON cannot undo (review round 29)
+    attach = []
+    for j in joins:
+        if (j.args.get("side") or "").upper() == "LEFT":
+            mine = (id(scope), j.this.alias_or_name)
+            attach += [(mine, nb if na == mine else na) for na, nb in links([j.args.get("on")])
+                       if mine in (na, nb)]
     changed = True
     while changed:
         changed = False
-        for na, nb in attach:
-            if find(na) != find(nb) and (only_padded(na) or only_padded(nb)):
-                parent[find(na)] = find(nb)
+        for mine, other in attach:
+            if find(mine) != find(other) and only_padded(mine):
+                parent[find(mine)] = find(other)
                 changed = True
     own_on = {j.this.alias_or_name: j.args.get("on") for j in joins}
     filtering = [c for c in conditions if not any(c is o for o in outer)]
