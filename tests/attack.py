@@ -134,3 +134,48 @@ def small_groups(raw, people: str, sizes: tuple[int, ...]) -> dict[int, tuple[in
             out.setdefault(n, (yob, practice))
     assert set(out) == set(sizes), "the shape this test needs (checked on raw data)"
     return out
+
+
+def released_rows(resp: httpx.Response) -> list[list] | None:
+    """The rows of a released answer, or None if the query was refused (a 4xx) or held."""
+    assert resp.status_code < 500, resp.text
+    if refused(resp):
+        return None
+    body = resp.json()
+    return body["rows"] if body["status"] == "released" else None
+
+
+def small_group(raw, people: str, below: int = MIN_PEOPLE) -> tuple[int, str, int]:
+    """A (year of birth, practice) group of 1 to below-1 people among ``people``: the largest
+    such (the hardest for rounding to hide), then by year and practice."""
+    found = raw.execute(f"""
+        SELECT year_of_birth, practice_code, COUNT(*) AS n FROM ({people}) r
+        GROUP BY ALL HAVING n BETWEEN 1 AND {below - 1} ORDER BY n DESC, 1, 2""").fetchone()
+    assert found, "the shape this test needs (checked on raw data)"
+    return found[0], found[1], found[2]
+
+
+def group_condition(yob: int, practice: str, alias: str = "p") -> str:
+    return f"({alias}.year_of_birth = {yob} AND {alias}.practice_code = '{practice}')"
+
+
+def alone_with_stays(raw) -> tuple[int, str, float, str]:
+    """A Norfolk resident alone in her year of birth and small area, with admissions: her year
+    of birth, small area, exact total length of stay and registration date."""
+    found = raw.execute(f"""
+        WITH alone AS (
+            SELECT year_of_birth, lsoa_code, MIN(person_id) AS pid FROM ({norfolk_residents()})
+            GROUP BY ALL HAVING COUNT(*) = 1)
+        SELECT a.year_of_birth, a.lsoa_code, SUM(h.length_of_stay),
+               CAST(ANY_VALUE(p.registration_date) AS VARCHAR)
+        FROM alone a JOIN hospital_admissions h ON h.person_id = a.pid
+        JOIN patients p ON p.person_id = a.pid
+        GROUP BY ALL HAVING SUM(h.length_of_stay) > 0
+        ORDER BY 3 DESC, 1, 2 LIMIT 1""").fetchone()
+    assert found is not None, "the shape this test needs (checked on raw data)"
+    return found[0], found[1], float(found[2]), found[3]
+
+
+def person_filter(yob: int, lsoa: str) -> str:
+    return (f"(SELECT x.person_id FROM patients x WHERE x.year_of_birth = {yob} "
+            f"AND x.lsoa_code = '{lsoa}')")

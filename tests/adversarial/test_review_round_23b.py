@@ -50,32 +50,12 @@ from attack import (
     MIN_PEOPLE,
     PLANNER,
     column_base,
+    group_condition,
     norfolk_residents,
     query_as,
-    refused,
+    released_rows,
+    small_group,
 )
-
-
-def _small_group(raw, people: str, below: int = MIN_PEOPLE) -> tuple[int, str, int]:
-    """A (year of birth, practice) group of 1 to below-1 people among ``people``: the largest
-    such (the hardest for rounding to hide), then by year and practice."""
-    found = raw.execute(f"""
-        SELECT year_of_birth, practice_code, COUNT(*) AS n FROM ({people}) r
-        GROUP BY ALL HAVING n BETWEEN 1 AND {below - 1} ORDER BY n DESC, 1, 2""").fetchone()
-    assert found, "the shape this test needs (checked on raw data)"
-    return found[0], found[1], found[2]
-
-
-def _group(yob: int, practice: str, alias: str = "p") -> str:
-    return f"({alias}.year_of_birth = {yob} AND {alias}.practice_code = '{practice}')"
-
-
-def _released(resp: httpx.Response) -> list[list] | None:
-    assert resp.status_code < 500, resp.text
-    if refused(resp):
-        return None
-    body = resp.json()
-    return body["rows"] if body["status"] == "released" else None
 
 
 def _assert_not_recovered(recovered: int | None, truth: int, what: str) -> None:
@@ -87,11 +67,11 @@ def _assert_not_recovered(recovered: int | None, truth: int, what: str) -> None:
 def test_two_breakdowns_in_one_column_give_a_withheld_cell(server, raw):
     """UNION of a breakdown by 'G or not' and one by sex, over the same rows: both in the
     second column, so taken as one level; F + M - rest = G."""
-    yob, practice, truth = _small_group(raw, norfolk_residents())
-    sql = (f"SELECT 'target' AS dim, CASE WHEN {_group(yob, practice)} THEN 'g' ELSE 'rest' "
+    yob, practice, truth = small_group(raw, norfolk_residents())
+    sql = (f"SELECT 'target' AS dim, CASE WHEN {group_condition(yob, practice)} THEN 'g' ELSE 'rest' "
            "END AS k, COUNT(*) AS n FROM patients p GROUP BY 2 "
            "UNION ALL SELECT 'sex' AS dim, p.sex AS k, COUNT(*) AS n FROM patients p GROUP BY 2")
-    rows = _released(query_as(server, PLANNER, sql))
+    rows = released_rows(query_as(server, PLANNER, sql))
     if rows is None:
         return
     cell = {(r[0], r[1]): r[2] for r in rows}
@@ -104,11 +84,11 @@ def test_two_breakdowns_in_one_column_give_a_withheld_cell(server, raw):
 def test_a_total_under_another_alias_is_no_margin(server, raw):
     """The total branch reads the same rows as ``patients q`` instead of ``patients p``:
     another text, another family, no relation; total - rest = G."""
-    yob, practice, truth = _small_group(raw, norfolk_residents())
-    sql = (f"SELECT CASE WHEN {_group(yob, practice)} THEN 'g' ELSE 'rest' END AS k, "
+    yob, practice, truth = small_group(raw, norfolk_residents())
+    sql = (f"SELECT CASE WHEN {group_condition(yob, practice)} THEN 'g' ELSE 'rest' END AS k, "
            "COUNT(*) AS n FROM patients p GROUP BY 1 "
            "UNION ALL SELECT 'total' AS k, COUNT(*) AS n FROM patients q")
-    rows = _released(query_as(server, PLANNER, sql))
+    rows = released_rows(query_as(server, PLANNER, sql))
     if rows is None:
         return
     cell = {r[0]: r[1] for r in rows}
@@ -123,7 +103,7 @@ def test_keys_python_cannot_tell_apart_mislead_secondary_suppression(server, raw
     people (DATE '0001-01-01'), b = whether in G. Both values arrive as date(1, 1, 1): each
     subtotal by a is related to all the details, B's detail is hidden in place of G's
     sibling, and subtotal(-infinity) - (-infinity, not G) = G."""
-    yob, practice, truth = _small_group(raw, norfolk_residents())
+    yob, practice, truth = small_group(raw, norfolk_residents())
     other = raw.execute(f"""
         SELECT year_of_birth FROM ({norfolk_residents()}) GROUP BY 1
         HAVING COUNT(*) BETWEEN {MIN_PEOPLE} AND 40 AND year_of_birth <> {yob}
@@ -131,9 +111,9 @@ def test_keys_python_cannot_tell_apart_mislead_secondary_suppression(server, raw
     assert other, "the shape this test needs (checked on raw data)"
     sql = (f"SELECT CASE WHEN p.year_of_birth = {other[0]} THEN CAST('0001-01-01' AS DATE) "
            "ELSE CAST('-infinity' AS DATE) END AS a, "
-           f"CASE WHEN {_group(yob, practice)} THEN 'g' ELSE 'o' END AS b, "
+           f"CASE WHEN {group_condition(yob, practice)} THEN 'g' ELSE 'o' END AS b, "
            "COUNT(*) AS n FROM patients p GROUP BY ROLLUP (1, 2)")
-    rows = _released(query_as(server, PLANNER, sql))
+    rows = released_rows(query_as(server, PLANNER, sql))
     if rows is None:
         return
     # the subtotals by a (b NULL, a not NULL) and the details not in G: the largest of each
@@ -165,13 +145,13 @@ def _branch(label: str, g: str, offset: int) -> str:
 
 def _pairs_query(yob: int, practice: str) -> str:
     """Two branches (other cuts in each) of eight pairs (cut OR G, cut AND NOT G)."""
-    g = _group(yob, practice)
+    g = group_condition(yob, practice)
     return (_branch("x", g, 0) + " UNION ALL "
             + _branch("y", g, STEP * PAIRS + STEP // 2))
 
 
 def _pair_differences(resp: httpx.Response) -> list[int] | None:
-    rows = _released(resp)
+    rows = released_rows(resp)
     if not rows:
         return None
     diffs = [row[1 + 2 * j] - row[2 + 2 * j] for row in rows for j in range(PAIRS)

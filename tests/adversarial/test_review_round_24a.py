@@ -31,38 +31,16 @@ A fix may refuse such a query (a 4xx), or answer it safely: each passes.
 
 from __future__ import annotations
 
-import httpx
 from attack import (
-    MIN_PEOPLE,
     PLANNER,
     answered_in_time,
+    group_condition,
     norfolk_residents,
     query_as,
-    refused,
+    released_rows,
+    small_group,
     timed_query,
 )
-
-
-def _small_group(raw, people: str, below: int = MIN_PEOPLE) -> tuple[int, str, int]:
-    """A (year of birth, practice) group of 1 to below-1 people among ``people``: the largest
-    such (the hardest for rounding to hide), then by year and practice."""
-    found = raw.execute(f"""
-        SELECT year_of_birth, practice_code, COUNT(*) AS n FROM ({people}) r
-        GROUP BY ALL HAVING n BETWEEN 1 AND {below - 1} ORDER BY n DESC, 1, 2""").fetchone()
-    assert found, "the shape this test needs (checked on raw data)"
-    return found[0], found[1], found[2]
-
-
-def _group(yob: int, practice: str, alias: str = "p") -> str:
-    return f"({alias}.year_of_birth = {yob} AND {alias}.practice_code = '{practice}')"
-
-
-def _released(resp: httpx.Response) -> list[list] | None:
-    assert resp.status_code < 500, resp.text
-    if refused(resp):
-        return None
-    body = resp.json()
-    return body["rows"] if body["status"] == "released" else None
 
 
 def _assert_only_to_within_the_rounding(cells: list[int | None], recovered: int | None,
@@ -80,11 +58,11 @@ def test_another_column_shows_the_cell_secondary_suppression_hid_only_rounded(se
     """ROLLUP (whether in G): n's G cell is withheld and its 'rest' cell hidden by the search;
     m = COUNT(*) FILTER (WHERE NOT G) shows 'rest' all the same, rounded: n(total) - m(rest)
     is G to within the rounding, as any pair of counts is."""
-    yob, practice, truth = _small_group(raw, norfolk_residents())
-    g = _group(yob, practice)
+    yob, practice, truth = small_group(raw, norfolk_residents())
+    g = group_condition(yob, practice)
     sql = (f"SELECT CASE WHEN {g} THEN 'g' ELSE 'rest' END AS k, COUNT(*) AS n, "
            f"COUNT(*) FILTER (WHERE NOT {g}) AS m FROM patients p GROUP BY ROLLUP (1)")
-    rows = _released(query_as(server, PLANNER, sql))
+    rows = released_rows(query_as(server, PLANNER, sql))
     if rows is None:
         return
     cell = {r[0]: r for r in rows}
@@ -98,11 +76,11 @@ def test_another_column_shows_the_cell_secondary_suppression_hid_only_rounded(se
 def test_columns_of_one_row_give_a_suppressed_cell_only_rounded(server, raw):
     """One row, no margins: COUNT(*) - COUNT(*) FILTER (WHERE NOT G) beside the suppressed
     COUNT(*) FILTER (WHERE G) is G to within the rounding."""
-    yob, practice, truth = _small_group(raw, norfolk_residents())
-    g = _group(yob, practice)
+    yob, practice, truth = small_group(raw, norfolk_residents())
+    g = group_condition(yob, practice)
     sql = (f"SELECT COUNT(*) AS everyone, COUNT(*) FILTER (WHERE NOT {g}) AS rest, "
            f"COUNT(*) FILTER (WHERE {g}) AS g FROM patients p")
-    rows = _released(query_as(server, PLANNER, sql))
+    rows = released_rows(query_as(server, PLANNER, sql))
     if rows is None:
         return
     everyone, rest, small = rows[0]

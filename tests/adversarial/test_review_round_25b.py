@@ -18,16 +18,7 @@ A fix may refuse such a query (a 4xx), or answer it safely: each passes.
 
 from __future__ import annotations
 
-import httpx
-from attack import PLANNER, norfolk_residents, query_as, refused
-
-
-def _released(resp: httpx.Response) -> list[list] | None:
-    assert resp.status_code < 500, resp.text
-    if refused(resp):
-        return None
-    body = resp.json()
-    return body["rows"] if body["status"] == "released" else None
+from attack import PLANNER, norfolk_residents, query_as, released_rows
 
 
 def _one_person_with_stays(raw) -> tuple[int, str, float]:
@@ -65,7 +56,7 @@ def test_a_cte_under_the_measure_repeats_its_rows_tagged_apart(server, raw):
         WHERE person_id IN (SELECT person_id FROM gp_events GROUP BY person_id
                             HAVING COUNT(*) >= 2)
         GROUP BY tag"""
-    rows = _released(query_as(server, PLANNER, sql))
+    rows = released_rows(query_as(server, PLANNER, sql))
     if rows is None:
         return
     cell = {r[0]: r[1] for r in rows}

@@ -31,16 +31,14 @@ A fix may refuse such a query (a 4xx), or answer it safely: each passes.
 
 from __future__ import annotations
 
-import httpx
-from attack import PLANNER, answered_in_time, norfolk_residents, query_as, refused, timed_query
-
-
-def _released(resp: httpx.Response) -> list[list] | None:
-    assert resp.status_code < 500, resp.text
-    if refused(resp):
-        return None
-    body = resp.json()
-    return body["rows"] if body["status"] == "released" else None
+from attack import (
+    PLANNER,
+    answered_in_time,
+    norfolk_residents,
+    query_as,
+    released_rows,
+    timed_query,
+)
 
 
 def _one_person_with_stays(raw) -> tuple[int, str, float]:
@@ -76,7 +74,7 @@ def test_a_derived_table_grouped_by_person_and_an_expression_repeats_a_measure(s
           AND a.person_id IN (SELECT person_id FROM gp_events WHERE snomed_code < '4')
           AND a.person_id IN (SELECT person_id FROM gp_events WHERE snomed_code >= '4')
         GROUP BY d.tag"""
-    rows = _released(query_as(server, PLANNER, sql))
+    rows = released_rows(query_as(server, PLANNER, sql))
     if rows is None:
         return
     cell = {r[0]: r[1] for r in rows}

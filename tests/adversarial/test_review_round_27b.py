@@ -34,16 +34,7 @@ A fix may refuse such a query (a 4xx), or answer it safely: each passes.
 
 from __future__ import annotations
 
-import httpx
-from attack import PLANNER, norfolk_residents, query_as, refused
-
-
-def _released(resp: httpx.Response) -> list[list] | None:
-    assert resp.status_code < 500, resp.text
-    if refused(resp):
-        return None
-    body = resp.json()
-    return body["rows"] if body["status"] == "released" else None
+from attack import PLANNER, norfolk_residents, query_as, released_rows
 
 
 def _her(raw) -> tuple[int, str, int, float, str]:
@@ -75,7 +66,7 @@ def test_a_left_join_on_links_a_cross_join_and_a_sum_repeats_one_persons_stays(s
         WHERE h.person_id IN (SELECT x.person_id FROM patients x
                               WHERE x.year_of_birth = {yob} AND x.lsoa_code = '{lsoa}')
         GROUP BY q.sex ORDER BY q.sex"""
-    rows = _released(query_as(server, PLANNER, sql))
+    rows = released_rows(query_as(server, PLANNER, sql))
     if rows is None:
         return
     people = dict(raw.execute(
@@ -96,7 +87,7 @@ def test_a_left_join_on_links_a_cross_join_and_releases_one_persons_date(server,
         LEFT JOIN deaths d ON d.person_id = p.person_id AND d.person_id = q.person_id
         WHERE q.year_of_birth = {yob} AND q.lsoa_code = '{lsoa}'
         GROUP BY q.registration_date"""
-    rows = _released(query_as(server, PLANNER, sql))
+    rows = released_rows(query_as(server, PLANNER, sql))
     for row in rows or []:
         assert row[0] != registered, (
             f"the registration date of the one resident born in {yob} living in {lsoa} "
@@ -114,7 +105,7 @@ def test_an_outer_join_on_linking_the_two_preserved_sides_is_no_join(server, raw
         LEFT JOIN deaths d ON p.person_id = q.person_id AND d.person_id = p.person_id
         WHERE q.year_of_birth = {yob} AND q.lsoa_code = '{lsoa}'
         GROUP BY q.registration_date"""
-    rows = _released(query_as(server, PLANNER, sql))
+    rows = released_rows(query_as(server, PLANNER, sql))
     for row in rows or []:
         assert row[0] != registered, (
             f"the registration date of the one resident born in {yob} living in {lsoa} "

@@ -51,38 +51,16 @@ from __future__ import annotations
 
 import math
 
-import httpx
-from attack import PLANNER, answered_in_time, norfolk_residents, query_as, refused, timed_query
-
-
-def _released(resp: httpx.Response) -> list[list] | None:
-    assert resp.status_code < 500, resp.text
-    if refused(resp):
-        return None
-    body = resp.json()
-    return body["rows"] if body["status"] == "released" else None
-
-
-def _her(raw) -> tuple[int, str, float, str]:
-    """A Norfolk resident alone in her year of birth and small area, with admissions: her year
-    of birth, small area, exact total length of stay and registration date."""
-    found = raw.execute(f"""
-        WITH alone AS (
-            SELECT year_of_birth, lsoa_code, MIN(person_id) AS pid FROM ({norfolk_residents()})
-            GROUP BY ALL HAVING COUNT(*) = 1)
-        SELECT a.year_of_birth, a.lsoa_code, SUM(h.length_of_stay),
-               CAST(ANY_VALUE(p.registration_date) AS VARCHAR)
-        FROM alone a JOIN hospital_admissions h ON h.person_id = a.pid
-        JOIN patients p ON p.person_id = a.pid
-        GROUP BY ALL HAVING SUM(h.length_of_stay) > 0
-        ORDER BY 3 DESC, 1, 2 LIMIT 1""").fetchone()
-    assert found is not None, "the shape this test needs (checked on raw data)"
-    return found[0], found[1], float(found[2]), found[3]
-
-
-def _her_filter(yob: int, lsoa: str) -> str:
-    return (f"(SELECT x.person_id FROM patients x WHERE x.year_of_birth = {yob} "
-            f"AND x.lsoa_code = '{lsoa}')")
+from attack import (
+    PLANNER,
+    alone_with_stays,
+    answered_in_time,
+    norfolk_residents,
+    person_filter,
+    query_as,
+    released_rows,
+    timed_query,
+)
 
 
 def _assert_not_multiples(raw, rows, truth: float, yob: int, lsoa: str) -> None:
@@ -99,20 +77,20 @@ def _assert_not_multiples(raw, rows, truth: float, yob: int, lsoa: str) -> None:
 
 def test_a_full_join_after_a_cross_join_pads_both_sides_and_links_them(server, raw):
     """FULL JOIN marks q and h padded, so its ON merges them: every patient x her stays."""
-    yob, lsoa, truth, _ = _her(raw)
+    yob, lsoa, truth, _ = alone_with_stays(raw)
     sql = f"""
         SELECT q.sex AS sex, SUM(h.length_of_stay) AS los
         FROM patients q
         CROSS JOIN hospital_admissions h
         FULL JOIN deaths d ON d.person_id = q.person_id AND d.person_id = h.person_id
-        WHERE q.person_id IS NOT NULL AND h.person_id IN {_her_filter(yob, lsoa)}
+        WHERE q.person_id IS NOT NULL AND h.person_id IN {person_filter(yob, lsoa)}
         GROUP BY q.sex ORDER BY q.sex"""
-    _assert_not_multiples(raw, _released(query_as(server, PLANNER, sql)), truth, yob, lsoa)
+    _assert_not_multiples(raw, released_rows(query_as(server, PLANNER, sql)), truth, yob, lsoa)
 
 
 def test_a_full_join_after_a_cross_join_releases_one_persons_date(server, raw):
     """Her registration date and ethnicity as the keys of a row resting on every resident."""
-    yob, lsoa, _, registered = _her(raw)
+    yob, lsoa, _, registered = alone_with_stays(raw)
     sql = f"""
         SELECT q.registration_date AS registered, q.ethnicity AS eth,
                COUNT(DISTINCT p.person_id) AS people
@@ -121,7 +99,7 @@ def test_a_full_join_after_a_cross_join_releases_one_persons_date(server, raw):
         FULL JOIN deaths d ON d.person_id = p.person_id AND d.person_id = q.person_id
         WHERE p.person_id IS NOT NULL AND q.year_of_birth = {yob} AND q.lsoa_code = '{lsoa}'
         GROUP BY q.registration_date, q.ethnicity"""
-    for row in _released(query_as(server, PLANNER, sql)) or []:
+    for row in released_rows(query_as(server, PLANNER, sql)) or []:
         assert str(row[0]) != registered, (
             f"the registration date of the one resident born in {yob} living in {lsoa} "
             f"({registered}) released as the key of a row resting on {row[2]} people")
@@ -130,22 +108,22 @@ def test_a_full_join_after_a_cross_join_releases_one_persons_date(server, raw):
 def test_a_later_right_join_pads_the_cross_joined_sides_so_a_left_join_links_them(server, raw):
     """RIGHT JOIN e pads q, h and d; then the LEFT JOIN's ON (d~h, d~q) merges q and h,
     though it filters none of their pairs, and e's ON keeps every one of them."""
-    yob, lsoa, truth, _ = _her(raw)
+    yob, lsoa, truth, _ = alone_with_stays(raw)
     sql = f"""
         SELECT q.sex AS sex, SUM(h.length_of_stay) AS los
         FROM patients q
         CROSS JOIN hospital_admissions h
         LEFT JOIN deaths d ON d.person_id = h.person_id AND d.person_id = q.person_id
         RIGHT JOIN patients e ON e.person_id = q.person_id
-        WHERE h.person_id IN {_her_filter(yob, lsoa)}
+        WHERE h.person_id IN {person_filter(yob, lsoa)}
         GROUP BY q.sex ORDER BY q.sex"""
-    _assert_not_multiples(raw, _released(query_as(server, PLANNER, sql)), truth, yob, lsoa)
+    _assert_not_multiples(raw, released_rows(query_as(server, PLANNER, sql)), truth, yob, lsoa)
 
 
 def test_a_lookup_keyed_in_an_outer_joins_on_repeats_each_admission_per_area(server, raw):
     """Every admission summed once per area; one area's copy leaves her out: the difference
     of the two exact sums is her total length of stay."""
-    yob, lsoa, truth, _ = _her(raw)
+    yob, lsoa, truth, _ = alone_with_stays(raw)
     other = raw.execute(f"SELECT MIN(lsoa_code) FROM lsoa_lookup WHERE lsoa_code <> '{lsoa}'"
                         ).fetchone()[0]
     sql = f"""
@@ -155,9 +133,9 @@ def test_a_lookup_keyed_in_an_outer_joins_on_repeats_each_admission_per_area(ser
         CROSS JOIN lsoa_lookup l
         LEFT JOIN deaths d ON l.lsoa_code = p.lsoa_code AND d.person_id = p.person_id
         WHERE l.lsoa_code IN ('{lsoa}', '{other}')
-          AND (l.lsoa_code = '{lsoa}' OR h.person_id NOT IN {_her_filter(yob, lsoa)})
+          AND (l.lsoa_code = '{lsoa}' OR h.person_id NOT IN {person_filter(yob, lsoa)})
         GROUP BY l.lsoa_code ORDER BY l.lsoa_code"""
-    rows = _released(query_as(server, PLANNER, sql))
+    rows = released_rows(query_as(server, PLANNER, sql))
     sums = {area: los for area, los in rows or []}
     if sums.get(lsoa) is None or sums.get(other) is None:
         return

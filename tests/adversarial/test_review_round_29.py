@@ -34,54 +34,30 @@ from __future__ import annotations
 
 import math
 
-import httpx
 import pytest
-from attack import PLANNER, norfolk_residents, query_as, refused
-
-
-def _released(resp: httpx.Response) -> list[list] | None:
-    assert resp.status_code < 500, resp.text
-    if refused(resp):
-        return None
-    body = resp.json()
-    return body["rows"] if body["status"] == "released" else None
-
-
-def _her(raw) -> tuple[int, str, float, str]:
-    """A Norfolk resident alone in her year of birth and small area, with admissions: her year
-    of birth, small area, exact total length of stay and registration date."""
-    found = raw.execute(f"""
-        WITH alone AS (
-            SELECT year_of_birth, lsoa_code, MIN(person_id) AS pid FROM ({norfolk_residents()})
-            GROUP BY ALL HAVING COUNT(*) = 1)
-        SELECT a.year_of_birth, a.lsoa_code, SUM(h.length_of_stay),
-               CAST(ANY_VALUE(p.registration_date) AS VARCHAR)
-        FROM alone a JOIN hospital_admissions h ON h.person_id = a.pid
-        JOIN patients p ON p.person_id = a.pid
-        GROUP BY ALL HAVING SUM(h.length_of_stay) > 0
-        ORDER BY 3 DESC, 1, 2 LIMIT 1""").fetchone()
-    assert found is not None, "the shape this test needs (checked on raw data)"
-    return found[0], found[1], float(found[2]), found[3]
-
-
-def _her_filter(yob: int, lsoa: str) -> str:
-    return (f"(SELECT x.person_id FROM patients x WHERE x.year_of_birth = {yob} "
-            f"AND x.lsoa_code = '{lsoa}')")
+from attack import (
+    PLANNER,
+    alone_with_stays,
+    norfolk_residents,
+    person_filter,
+    query_as,
+    released_rows,
+)
 
 
 @pytest.mark.parametrize("own_on", ["TRUE", "h.person_id IS NOT NULL"])
 def test_a_later_left_joins_on_attaches_a_source_padded_by_its_own_left_join(server, raw, own_on):
     """h is padded by its own LEFT JOIN (a cross join), so d's ON attaches it to q: every
     patient x her admissions, summed by the patients' sex."""
-    yob, lsoa, truth, _ = _her(raw)
+    yob, lsoa, truth, _ = alone_with_stays(raw)
     sql = f"""
         SELECT q.sex AS sex, SUM(h.length_of_stay) AS los
         FROM patients q
         LEFT JOIN hospital_admissions h ON {own_on}
         LEFT JOIN deaths d ON d.person_id = q.person_id AND d.person_id = h.person_id
-        WHERE h.person_id IN {_her_filter(yob, lsoa)}
+        WHERE h.person_id IN {person_filter(yob, lsoa)}
         GROUP BY q.sex ORDER BY q.sex"""
-    rows = _released(query_as(server, PLANNER, sql))
+    rows = released_rows(query_as(server, PLANNER, sql))
     people = dict(raw.execute(
         f"SELECT sex, COUNT(*) FROM ({norfolk_residents()}) GROUP BY sex").fetchall())
     for sex, los in rows or []:
@@ -96,7 +72,7 @@ def test_a_later_left_joins_on_attaches_a_source_padded_by_its_own_left_join(ser
 def test_a_later_left_joins_on_attaches_a_padded_person_releasing_her_date(server, raw):
     """q LEFT JOINed ON TRUE, attached by d's ON: her registration date and ethnicity as the
     keys of a row resting on every resident."""
-    yob, lsoa, _, registered = _her(raw)
+    yob, lsoa, _, registered = alone_with_stays(raw)
     sql = f"""
         SELECT q.registration_date AS registered, q.ethnicity AS eth,
                COUNT(DISTINCT p.person_id) AS people
@@ -105,7 +81,7 @@ def test_a_later_left_joins_on_attaches_a_padded_person_releasing_her_date(serve
         LEFT JOIN deaths d ON d.person_id = p.person_id AND d.person_id = q.person_id
         WHERE q.year_of_birth = {yob} AND q.lsoa_code = '{lsoa}'
         GROUP BY q.registration_date, q.ethnicity"""
-    for row in _released(query_as(server, PLANNER, sql)) or []:
+    for row in released_rows(query_as(server, PLANNER, sql)) or []:
         assert str(row[0]) != registered, (
             f"the registration date of the one resident born in {yob} living in {lsoa} "
             f"({registered}) released as the key of a row resting on {row[2]} people")
