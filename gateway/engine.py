@@ -21,7 +21,13 @@ from typing import Any
 import duckdb
 
 from datasets import Catalogue
-from gateway.errors import QueryFailed, QueryTimeout, ResultTooLarge
+from gateway.errors import (
+    PERSON_LINK_BROKEN,
+    QueryFailed,
+    QueryTimeout,
+    ResultTooLarge,
+    SqlRejected,
+)
 
 
 class EngineSetupError(RuntimeError):
@@ -84,6 +90,12 @@ class DuckDBEngine:
             raise QueryTimeout(f"the query ran past the time limit of {timeout_s:g} s",
                                hint="narrow the query (fewer joins, a date range)") from None
         except duckdb.Error as exc:
+            if PERSON_LINK_BROKEN in str(exc):
+                raise SqlRejected(
+                    "a row of the query pairs two different people: some join is not on "
+                    "person_id, so one person's values would stand beside other people's",
+                    hint="join person-level tables ON a.person_id = b.person_id; filter with "
+                    "IN or EXISTS", code="person_link_broken") from None
             # The engine's message can quote the data it failed on (a value it could not
             # convert): never pass it on, nor log or audit it. The class is enough to act on.
             kind = type(exc).__name__.removesuffix("Exception").lower() or "error"

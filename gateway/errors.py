@@ -31,6 +31,10 @@ class GatewayError(Exception):
                           "reasons": self.reasons, "hint": self.hint}}
 
 
+#: what the engine raises when a row pairs two people's sources (gateway/sql/rewrite.py)
+PERSON_LINK_BROKEN = "sde-gateway: one row holds two people"
+
+
 class SqlRejected(GatewayError):
     status, code = 400, "sql_rejected"
 

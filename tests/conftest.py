@@ -23,6 +23,7 @@ from datasets import load_catalogue
 from datasets.generator import generate
 from gateway.app import create_app
 from gateway.auth import issue_token
+from gateway.engine import DuckDBEngine
 from gateway.settings import Settings
 from gateway.state import ensure_state
 from policies.loader import load_demo_users
@@ -43,6 +44,15 @@ def data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data")
     generate(out, PERSONS, seed=SEED)
     return out
+
+
+@pytest.fixture(scope="module")
+def engine(data_dir, catalogue, tmp_path_factory) -> Iterator[DuckDBEngine]:
+    """The real, hardened engine over the generated data, without the pipeline."""
+    eng = DuckDBEngine(data_dir, tmp_path_factory.mktemp("engine-state"), catalogue,
+                       memory_limit="1GB", threads=2)
+    yield eng
+    eng.close()
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 from datasets import Catalogue, ColumnClass, TableKind
 from datasets.catalogue import NEVER_QUERYABLE
 from gateway.disclosure.cellkey import SECRET_PARAM
-from gateway.errors import SqlRejected
+from gateway.errors import PERSON_LINK_BROKEN, SqlRejected
 from gateway.sql.analysis import (
     DIALECT,
     Analysis,
@@ -347,8 +347,9 @@ def _contributions(
     return Contributions(outer.sql(dialect=DIALECT), tuple(keys), tuple(measures))
 
 
-def _row_person(scope: Scope, catalogue: Catalogue) -> exp.Expression:
-    """An expression naming the person each row of the outer query belongs to."""
+def _person_columns(scope: Scope, catalogue: Catalogue) -> list[exp.Column]:
+    """The person key of each person-level source a select reads (FROM and JOIN): a table's
+    own key, or the first person key a derived table passes on."""
     candidates: list[exp.Column] = []
     # selected_sources: what FROM and JOIN read (scope.sources also holds CTEs not read here)
     for alias, (_, source) in scope.selected_sources.items():
@@ -363,6 +364,12 @@ def _row_person(scope: Scope, catalogue: Catalogue) -> exp.Expression:
                 if isinstance(inner, exp.Column) and is_person_key(inner, source, catalogue):
                     candidates.append(col)
                     break
+    return candidates
+
+
+def _row_person(scope: Scope, catalogue: Catalogue) -> exp.Expression:
+    """An expression naming the person each row of the outer query belongs to."""
+    candidates = _person_columns(scope, catalogue)
     if not candidates:
         raise SqlRejected(
             "the gateway cannot tell whose records lie behind the outer query",
@@ -468,8 +475,42 @@ def _safe_casts(tree: exp.Expression) -> None:
             cast.replace(exp.TryCast(this=cast.this.copy(), to=cast.args["to"].copy()))
 
 
+def _assert_person_links(tree: exp.Expression, catalogue: Catalogue) -> None:
+    """Make the engine check, on every row of every select that reads two or more people's
+    sources, what the analysis proved: that they are all the same person (or NULL, where an
+    outer join pads one). A row that pairs two people stops the query with an error.
+
+    The analysis refuses joins that are not on person_id (``_check_person_links``), and rounds
+    25 to 29 each found a join it took for a person link that paired one person's rows with
+    everyone else's: a sum by sex came out as N times one woman's stay, resting on thousands.
+    This is the same rule checked on the data, so that a mistake in the proof refuses the
+    query instead of releasing the pairs. LEAST and GREATEST skip NULLs, so a padded source
+    passes; the check sits in WHERE, after the joins, where it costs one comparison a row.
+    """
+    for scope in traverse_scope(tree):
+        select = scope.expression
+        if not isinstance(select, exp.Select):
+            continue
+        keys = _person_columns(scope, catalogue)
+        if len(keys) < 2:
+            continue
+        # DuckDB's own LEAST and GREATEST, which skip NULLs (exp.Least is written out with a
+        # CASE that makes any NULL the answer)
+        paired = exp.NEQ(
+            this=exp.Least(this=keys[0].copy(), expressions=[k.copy() for k in keys[1:]],
+                           ignore_nulls=True),
+            expression=exp.Greatest(this=keys[0].copy(), expressions=[k.copy() for k in keys[1:]],
+                                    ignore_nulls=True))
+        check = exp.Case(ifs=[exp.If(this=paired, true=exp.Anonymous(
+            this="error", expressions=[exp.Literal.string(PERSON_LINK_BROKEN)]))],
+            default=exp.true())
+        select.where(check, copy=False)
+
+
 def _filter_scans(tree: exp.Select, obligations: Obligations, catalogue: Catalogue) -> None:
-    """Replace every person-level table scan by the same table seen through the filters."""
+    """Replace every person-level table scan by the same table seen through the filters, and
+    make every select that pairs people's sources check that it pairs one person's rows."""
+    _assert_person_links(tree, catalogue)
     for table in list(tree.find_all(exp.Table)):
         meta = catalogue.table(table.name)
         if meta is None or meta.kind is not TableKind.PERSON_LEVEL:

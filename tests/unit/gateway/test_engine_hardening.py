@@ -13,14 +13,6 @@ from gateway.engine import DuckDBEngine
 from gateway.errors import QueryFailed, QueryTimeout, ResultTooLarge
 
 
-@pytest.fixture(scope="module")
-def engine(data_dir, catalogue, tmp_path_factory):
-    eng = DuckDBEngine(data_dir, tmp_path_factory.mktemp("engine-state"), catalogue,
-                       memory_limit="1GB", threads=2)
-    yield eng
-    eng.close()
-
-
 def run_raw(engine: DuckDBEngine, sql: str):
     """Straight to a cursor of the engine's connection: no analysis, no rewrite."""
     return engine._con.cursor().execute(sql).fetchall()
