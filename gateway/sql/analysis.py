@@ -780,20 +780,24 @@ def _check_person_links(scope: Scope, catalogue: Catalogue) -> None:
         return all(m in padded for m in nodes if find(m) == root)
 
     # ... and only the source *that* join pads: a source left unlinked by its own LEFT JOIN
-    # (ON TRUE) is a cross join, which a later join's ON cannot undo (review round 29)
-    attach = []
+    # (ON TRUE) is a cross join, which a later join's ON cannot undo (review round 29). Its
+    # equalities hold only on the rows where that source is there, so they say nothing of
+    # how the sources before it are paired: ``LEFT JOIN d ON d.person_id = h.person_id AND
+    # d.person_id = q.person_id`` ties d to h *or* to q, never h to q. So each LEFT JOIN, in
+    # order (an ON reads only the sources before it), attaches its source's component to one
+    # other component at most; merging pair by pair let the first pair make {d, h} and the
+    # second carry h onto q (review round 30).
     for j in joins:
-        if (j.args.get("side") or "").upper() == "LEFT":
-            mine = (id(scope), j.this.alias_or_name)
-            attach += [(mine, nb if na == mine else na) for na, nb in links([j.args.get("on")])
-                       if mine in (na, nb)]
-    changed = True
-    while changed:
-        changed = False
-        for mine, other in attach:
-            if find(mine) != find(other) and only_padded(mine):
-                parent[find(mine)] = find(other)
-                changed = True
+        if (j.args.get("side") or "").upper() != "LEFT":
+            continue
+        mine = (id(scope), j.this.alias_or_name)
+        if mine not in nodes:
+            continue
+        targets = [find(nb if na == mine else na) for na, nb in links([j.args.get("on")])
+                   if mine in (na, nb)]
+        targets = [t for t in targets if t != find(mine)]
+        if targets and only_padded(mine):
+            parent[find(mine)] = targets[0]
     own_on = {j.this.alias_or_name: j.args.get("on") for j in joins}
     filtering = [c for c in conditions if not any(c is o for o in outer)]
     _check_lookups(scope, selected, filtering, own_on, catalogue)
