@@ -185,17 +185,25 @@ class BudgetLedger:
 
     def settle(self, *, project: str, fingerprint: str, request_id: str,
                answer: dict[str, Any] | None) -> None:
-        """Record the outcome of a spend: its answer (reused by identical queries) or failure."""
+        """Record the outcome of a spend: its answer (reused by identical queries) or failure.
+        An answer that is not plain JSON cannot be kept, and the spend is closed as failed:
+        left running, it would keep every identical query waiting for it (review round 30)."""
+        body = None
+        if answer is not None:
+            try:
+                body = json.dumps(answer, allow_nan=False)
+            except (TypeError, ValueError):
+                body = None
         with _guarded():
             con = self._connect()
             con.execute("BEGIN IMMEDIATE")
             try:
                 con.execute("UPDATE spends SET status = ? WHERE request_id = ?",
-                            ("released" if answer is not None else "failed", request_id))
-                if answer is not None:
+                            ("released" if body is not None else "failed", request_id))
+                if body is not None:
                     con.execute("INSERT OR REPLACE INTO answers (project, fingerprint, "
                                 "request_id, body) VALUES (?, ?, ?, ?)",
-                                (project, fingerprint, request_id, json.dumps(answer)))
+                                (project, fingerprint, request_id, body))
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")

@@ -345,7 +345,10 @@ class Pipeline:
             "mechanism": mech.describe(), "suppressed": released.suppressed,
             "rounded_columns": [],
         }
-        return {"columns": names, "rows": released.rows, "disclosure": disclosure,
+        # as plain JSON like every other regime's values: keys from the data (dates, NaN),
+        # constants (1.5 is a Decimal) (review round 30)
+        rows = [[_json_value(v) for v in row] for row in released.rows]
+        return {"columns": names, "rows": rows, "disclosure": disclosure,
                 "_dp": (fingerprint, mech)}
 
     # -- the whole ----------------------------------------------------------------------

@@ -33,6 +33,7 @@ from gateway.sql.analysis import (
     _is_indicator,
     bare_origin,
     is_person_key,
+    may_be_null,
     padded_sources,
 )
 from gateway.sql.rewrite import _filter_scans, _row_person, _safe_casts
@@ -189,7 +190,11 @@ def _statistic(i: int, node: exp.Expression, scope, catalogue: Catalogue, max_ro
                         default=exp.Literal.number(1))
                 else:
                     part = least(filtered(exp.Count(this=person.copy())), 1)
-                return DpStatistic(i, "people", 1.0, all_people=cond is None), [part]
+                # everyone in the cell only if every row has this key: not a source an
+                # outer join pads (COUNT(DISTINCT d.person_id) of LEFT JOINed deaths counts
+                # the dead)
+                everyone = cond is None and not may_be_null(person, scope, catalogue)
+                return DpStatistic(i, "people", 1.0, all_people=everyone), [part]
             raise SqlRejected("COUNT(DISTINCT ...) of anything but the person key is not "
                               "available under differential privacy", hint=HINT,
                               code="output_not_allowed")
