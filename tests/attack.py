@@ -3,6 +3,7 @@ the people each caller may see, computed by hand in raw DuckDB, and a query with
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 
@@ -179,3 +180,17 @@ def alone_with_stays(raw) -> tuple[int, str, float, str]:
 def person_filter(yob: int, lsoa: str) -> str:
     return (f"(SELECT x.person_id FROM patients x WHERE x.year_of_birth = {yob} "
             f"AND x.lsoa_code = '{lsoa}')")
+
+
+def assert_not_multiples_of_her_stay(raw, rows, truth: float, yob: int, lsoa: str) -> None:
+    """Sums by sex over every Norfolk resident paired with one resident's admissions are N
+    times her total length of stay; neither a cell nor the gcd of two may give it."""
+    people = dict(raw.execute(
+        f"SELECT sex, COUNT(*) FROM ({norfolk_residents()}) GROUP BY sex").fetchall())
+    for sex, los in rows or []:
+        assert los is None or abs(los - people[sex] * truth) > 0.5, (
+            f"the cell {sex} is {los} = {people[sex]} people x {truth}, the exact total length "
+            f"of stay of the one resident born in {yob} living in {lsoa}")
+    sums = [int(los) for _, los in rows or [] if los is not None and float(los).is_integer()]
+    if len(sums) == 2:
+        assert math.gcd(*sums) != truth, f"the gcd of the two sums is her total {truth}"

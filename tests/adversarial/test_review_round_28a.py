@@ -49,30 +49,16 @@ A fix may refuse such a query (a 4xx), or answer it safely: each passes.
 
 from __future__ import annotations
 
-import math
-
 from attack import (
     PLANNER,
     alone_with_stays,
     answered_in_time,
-    norfolk_residents,
+    assert_not_multiples_of_her_stay,
     person_filter,
     query_as,
     released_rows,
     timed_query,
 )
-
-
-def _assert_not_multiples(raw, rows, truth: float, yob: int, lsoa: str) -> None:
-    people = dict(raw.execute(
-        f"SELECT sex, COUNT(*) FROM ({norfolk_residents()}) GROUP BY sex").fetchall())
-    for sex, los in rows or []:
-        assert los is None or abs(los - people[sex] * truth) > 0.5, (
-            f"the cell {sex} is {los} = {people[sex]} people x {truth}, the exact total length "
-            f"of stay of the one resident born in {yob} living in {lsoa}")
-    sums = [int(los) for _, los in rows or [] if los is not None and float(los).is_integer()]
-    if len(sums) == 2:
-        assert math.gcd(*sums) != truth, f"the gcd of the two sums is her total {truth}"
 
 
 def test_a_full_join_after_a_cross_join_pads_both_sides_and_links_them(server, raw):
@@ -85,7 +71,7 @@ def test_a_full_join_after_a_cross_join_pads_both_sides_and_links_them(server, r
         FULL JOIN deaths d ON d.person_id = q.person_id AND d.person_id = h.person_id
         WHERE q.person_id IS NOT NULL AND h.person_id IN {person_filter(yob, lsoa)}
         GROUP BY q.sex ORDER BY q.sex"""
-    _assert_not_multiples(raw, released_rows(query_as(server, PLANNER, sql)), truth, yob, lsoa)
+    assert_not_multiples_of_her_stay(raw, released_rows(query_as(server, PLANNER, sql)), truth, yob, lsoa)
 
 
 def test_a_full_join_after_a_cross_join_releases_one_persons_date(server, raw):
@@ -117,7 +103,7 @@ def test_a_later_right_join_pads_the_cross_joined_sides_so_a_left_join_links_the
         RIGHT JOIN patients e ON e.person_id = q.person_id
         WHERE h.person_id IN {person_filter(yob, lsoa)}
         GROUP BY q.sex ORDER BY q.sex"""
-    _assert_not_multiples(raw, released_rows(query_as(server, PLANNER, sql)), truth, yob, lsoa)
+    assert_not_multiples_of_her_stay(raw, released_rows(query_as(server, PLANNER, sql)), truth, yob, lsoa)
 
 
 def test_a_lookup_keyed_in_an_outer_joins_on_repeats_each_admission_per_area(server, raw):

@@ -32,13 +32,11 @@ A fix may refuse such a query (a 4xx), or answer it safely: each passes.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 from attack import (
     PLANNER,
     alone_with_stays,
-    norfolk_residents,
+    assert_not_multiples_of_her_stay,
     person_filter,
     query_as,
     released_rows,
@@ -57,16 +55,8 @@ def test_a_later_left_joins_on_attaches_a_source_padded_by_its_own_left_join(ser
         LEFT JOIN deaths d ON d.person_id = q.person_id AND d.person_id = h.person_id
         WHERE h.person_id IN {person_filter(yob, lsoa)}
         GROUP BY q.sex ORDER BY q.sex"""
-    rows = released_rows(query_as(server, PLANNER, sql))
-    people = dict(raw.execute(
-        f"SELECT sex, COUNT(*) FROM ({norfolk_residents()}) GROUP BY sex").fetchall())
-    for sex, los in rows or []:
-        assert los is None or abs(los - people[sex] * truth) > 0.5, (
-            f"the cell {sex} is {los} = {people[sex]} people x {truth}, the exact total length "
-            f"of stay of the one resident born in {yob} living in {lsoa}")
-    sums = [int(los) for _, los in rows or [] if los is not None and float(los).is_integer()]
-    if len(sums) == 2:
-        assert math.gcd(*sums) != truth, f"the gcd of the two sums is her total {truth}"
+    assert_not_multiples_of_her_stay(
+        raw, released_rows(query_as(server, PLANNER, sql)), truth, yob, lsoa)
 
 
 def test_a_later_left_joins_on_attaches_a_padded_person_releasing_her_date(server, raw):
