@@ -227,8 +227,8 @@ def release(mech: DpMechanisms, rows: list[tuple], names: list[str], kinds: list
             else:
                 row.append(constants.get(i))
         out_rows.append(row)
-    for pos, desc in reversed(plan.order):
-        out_rows.sort(key=lambda row, p=pos: (row[p] is None, row[p]), reverse=desc)
+    for pos, desc, nulls_first in reversed(plan.order):
+        out_rows = _ordered(out_rows, pos, desc, nulls_first)
     if plan.limit is not None:
         out_rows = out_rows[: plan.limit]
     suppressed = [{"row": r, "column": names[c], "rule": "dp: the noisy count of values is "
@@ -270,3 +270,19 @@ def _clip_sum(value: float, bounds: tuple[float, float] | None) -> float:
 
 def _plain(v: Any) -> Any:
     return v if v is None or isinstance(v, bool | int | float | str) else str(v)
+
+
+def _ordered(rows: list[list], pos: int, desc: bool, nulls_first: bool) -> list[list]:
+    """Sort by one key as the engine does: NULLs where the ORDER BY puts them (last by
+    default, either way), NaN above every other number; stable, so that sorting by each key
+    from the last to the first orders by all of them."""
+    nulls = [r for r in rows if r[pos] is None]
+    values = [r for r in rows if r[pos] is not None]
+
+    def key(row: list):
+        v = row[pos]
+        nan = isinstance(v, float) and math.isnan(v)
+        return (nan, 0.0 if nan else v)
+
+    values.sort(key=key, reverse=desc)
+    return nulls + values if nulls_first else values + nulls

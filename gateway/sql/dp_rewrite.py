@@ -32,6 +32,7 @@ from gateway.sql.analysis import (
     Analysis,
     _is_indicator,
     bare_origin,
+    is_constant,
     is_person_key,
     may_be_null,
     padded_sources,
@@ -68,7 +69,8 @@ class DpPlan:
     #: the most cells one person can be in
     cells_per_person: int
     #: result layout: keys, then per statistic its value(s), then the people behind the cell
-    order: tuple[tuple[int, bool], ...]  # (output position, descending) from ORDER BY
+    #: (output position, descending, NULLs first) from ORDER BY, as the engine would order
+    order: tuple[tuple[int, bool, bool], ...]
     limit: int | None
 
 
@@ -111,7 +113,7 @@ def rewrite_dp(analysis: Analysis, obligations: Obligations, catalogue: Catalogu
             outer.append(exp.alias_(exp.Sum(this=exp.column(f"__a{i}_{n}")), f"__a{i}_{n}"))
     outer.append(exp.alias_(exp.Count(this=exp.Star()), "__people"))
     tree.set("expressions", inner)
-    grouped = [key_exprs[i].copy() for i in keys if not isinstance(key_exprs[i], exp.Literal)]
+    grouped = [key_exprs[i].copy() for i in keys if not is_constant(key_exprs[i])]
     tree.set("group", exp.Group(expressions=[*grouped, rowpid.copy()]))
     for arg in ("order", "limit"):
         tree.set(arg, None)
@@ -247,7 +249,10 @@ def _person_grain(key: exp.Expression, scope, catalogue: Catalogue) -> bool:
 
 def _public_domains(keys: list[exp.Expression], scope, catalogue: Catalogue
                     ) -> tuple[tuple[str, ...], ...] | None:
-    """Each key's public values, when every key is a bare column with a declared code list."""
+    """Each key's public values, when every key is a bare column with a declared code list,
+    and NULL beside them where the column may be NULL (declared nullable, or padded by an
+    outer join): a LEFT JOINed place of death is NULL for the living, decided by the query,
+    not the data (review round 31)."""
     domains = []
     for key in keys:
         if not isinstance(key, exp.Column):
@@ -255,12 +260,13 @@ def _public_domains(keys: list[exp.Expression], scope, catalogue: Catalogue
         origin = bare_origin(key, scope, catalogue)
         if origin is None or not origin[1].values:
             return None
-        domains.append(tuple(origin[1].values))
+        nullable = origin[1].nullable or may_be_null(key, scope, catalogue)
+        domains.append(tuple(origin[1].values) + ((None,) if nullable else ()))
     return tuple(domains)
 
 
 def _order(tree: exp.Select, keys: list[int], key_exprs: dict, names: list[str]
-           ) -> tuple[tuple[int, bool], ...]:
+           ) -> tuple[tuple[int, bool, bool], ...]:
     order = tree.args.get("order")
     out = []
     for ordered in order.expressions if order else []:
@@ -275,7 +281,8 @@ def _order(tree: exp.Select, keys: list[int], key_exprs: dict, names: list[str]
             raise SqlRejected("under differential privacy ORDER BY may name group keys only: "
                               "an order on exact values would leak them", hint=HINT,
                               code="output_not_allowed")
-        out.append((match, bool(ordered.args.get("desc"))))
+        # sqlglot spells out the engine's default (NULLs last, either way) in nulls_first
+        out.append((match, bool(ordered.args.get("desc")), bool(ordered.args.get("nulls_first"))))
     return tuple(out)
 
 

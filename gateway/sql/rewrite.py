@@ -28,6 +28,7 @@ from gateway.sql.analysis import (
     bare_origin,
     counts_people,
     group_keys,
+    is_constant,
     is_person_key,
     may_be_null,
     outer_selects,
@@ -151,7 +152,7 @@ def row_bound(analysis: Analysis, obligations: Obligations, catalogue: Catalogue
         cells = [k.copy() for k in group_keys(group)] if analysis.margins else [
             branch.expressions[k].unalias().copy() for k, o in enumerate(analysis.outputs)
             if o.kind == "group_key"
-            and not isinstance(branch.expressions[k].unalias(), exp.Literal)]
+            and not is_constant(branch.expressions[k].unalias())]
         per_person = branch.copy()
         per_person.set("expressions", select)
         per_person.set("group", exp.Group(expressions=[*cells, rowpid.copy()]))
@@ -327,7 +328,7 @@ def _contributions(
         inner.append(exp.alias_(total, f"__s{i}"))
     tree.set("expressions", inner)
     # constants are not grouped on (a bare integer in GROUP BY would be read as a position)
-    grouped = [e.copy() for e in group_exprs if not isinstance(e, exp.Literal)]
+    grouped = [e.copy() for e in group_exprs if not is_constant(e)]
     tree.set("group", exp.Group(expressions=[*grouped, rowpid.copy()]))
     for arg in ("order", "limit", "having", "distinct"):
         tree.set(arg, None)
@@ -723,7 +724,7 @@ def _single_pass(
     tree.set("expressions", inner)
     # a literal key groups nothing, and in GROUP BY an integer is read as a position
     tree.set("group", exp.Group(expressions=[
-        *(key_exprs[i].copy() for i in keys if not isinstance(key_exprs[i], exp.Literal)),
+        *(key_exprs[i].copy() for i in keys if not is_constant(key_exprs[i])),
         rowpid.copy()]))
     for arg in ("order", "limit"):
         tree.set(arg, None)
