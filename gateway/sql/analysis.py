@@ -542,6 +542,12 @@ def _check_join(join: exp.Join) -> None:
         shown = " ".join(x for x in (method, side, kind) if x)
         raise SqlRejected(f"{shown} JOIN is not allowed",
                           hint="use [LEFT|RIGHT|FULL] [INNER|OUTER] JOIN ... ON, or CROSS JOIN")
+    if join.this.args.get("joins"):
+        # ``JOIN h JOIN d ON ... ON ...`` hangs d's join under h: the rules on a select's joins
+        # read its own list only, and the rewrite's filtered scan of h dropped d (round 31)
+        raise SqlRejected("nested joins (JOIN a JOIN b ON ... ON ...) are not allowed",
+                          hint="write each join after the one before it: JOIN a ON ... JOIN b "
+                          "ON ...")
 
 
 def _location(node: exp.Expression, outers: list[exp.Select]) -> str:

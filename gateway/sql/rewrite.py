@@ -476,6 +476,10 @@ def _safe_casts(tree: exp.Expression) -> None:
             cast.replace(exp.TryCast(this=cast.this.copy(), to=cast.args["to"].copy()))
 
 
+#: the hidden column a derived table passes its rows' person on in, for the link check
+ROW_PERSON = "__sdc_pid"
+
+
 def _assert_person_links(tree: exp.Expression, catalogue: Catalogue) -> None:
     """Make the engine check, on every row of every select that reads two or more people's
     sources, what the analysis proved: that they are all the same person (or NULL, where an
@@ -487,25 +491,78 @@ def _assert_person_links(tree: exp.Expression, catalogue: Catalogue) -> None:
     This is the same rule checked on the data, so that a mistake in the proof refuses the
     query instead of releasing the pairs. LEAST and GREATEST skip NULLs, so a padded source
     passes; the check sits in WHERE, after the joins, where it costs one comparison a row.
+
+    A derived table is compared by the person its rows come from, not by the person key it
+    happens to pass on, which one of its own outer joins can leave NULL beside real values
+    (review round 31): each derived person source carries a hidden ``__sdc_pid``, the first
+    non-NULL person key of its own sources on the row, and a grouped one checks that each
+    group holds one person's rows.
     """
+    carried: set[int] = set()
     for scope in traverse_scope(tree):
-        select = scope.expression
-        if not isinstance(select, exp.Select):
-            continue
-        keys = _person_columns(scope, catalogue)
-        if len(keys) < 2:
-            continue
+        if isinstance(scope.expression, exp.Select):
+            keys = _row_persons(scope, catalogue, carried)
+            if len(keys) >= 2:
+                scope.expression.where(_one_person(keys), copy=False)
+
+
+def _one_person(keys: list[exp.Expression], agg: bool = False) -> exp.Expression:
+    """TRUE if the non-NULL keys (over a group: their MIN and MAX) are one person; else the
+    engine stops the query."""
+    if agg:
+        low, high = exp.Min(this=keys[0].copy()), exp.Max(this=keys[0].copy())
+    else:
         # DuckDB's own LEAST and GREATEST, which skip NULLs (exp.Least is written out with a
         # CASE that makes any NULL the answer)
-        paired = exp.NEQ(
-            this=exp.Least(this=keys[0].copy(), expressions=[k.copy() for k in keys[1:]],
-                           ignore_nulls=True),
-            expression=exp.Greatest(this=keys[0].copy(), expressions=[k.copy() for k in keys[1:]],
-                                    ignore_nulls=True))
-        check = exp.Case(ifs=[exp.If(this=paired, true=exp.Anonymous(
-            this="error", expressions=[exp.Literal.string(PERSON_LINK_BROKEN)]))],
-            default=exp.true())
-        select.where(check, copy=False)
+        rest = [k.copy() for k in keys[1:]]
+        low = exp.Least(this=keys[0].copy(), expressions=rest, ignore_nulls=True)
+        high = exp.Greatest(this=keys[0].copy(), expressions=[k.copy() for k in rest],
+                            ignore_nulls=True)
+    return exp.Case(ifs=[exp.If(this=exp.NEQ(this=low, expression=high), true=exp.Anonymous(
+        this="error", expressions=[exp.Literal.string(PERSON_LINK_BROKEN)]))],
+        default=exp.true())
+
+
+def _row_persons(scope: Scope, catalogue: Catalogue, carried: set[int]) -> list[exp.Expression]:
+    """The person of each person-level source of a select, on its rows: a table's key, or a
+    derived table's hidden ``__sdc_pid`` (added to it here, once)."""
+    keys: list[exp.Expression] = []
+    for alias, (_, source) in scope.selected_sources.items():
+        if isinstance(source, exp.Table):
+            table = catalogue.table(source.name)
+            if table is not None and table.kind is TableKind.PERSON_LEVEL:
+                keys.append(exp.column(table.person_key, table=alias, quoted=True))
+        elif (isinstance(source, Scope) and isinstance(source.expression, exp.Select)
+              and _carry_person(source, catalogue, carried)):
+            keys.append(exp.column(ROW_PERSON, table=alias, quoted=True))
+    return keys
+
+
+def _carry_person(scope: Scope, catalogue: Catalogue, carried: set[int]) -> bool:
+    """Give a derived table that passes a person key on the hidden column of its rows'
+    person. Returns whether it has one."""
+    select = scope.expression
+    if id(select) in carried:
+        return True
+    if not any(isinstance(p.unalias(), exp.Column) and is_person_key(p.unalias(), scope, catalogue)
+               for p in select.expressions):
+        return False
+    inner = _row_persons(scope, catalogue, carried)
+    if not inner:
+        return False
+    person = inner[0] if len(inner) == 1 else exp.Coalesce(this=inner[0], expressions=inner[1:])
+    grouped = select.args.get("group") is not None or any(
+        not agg.find_ancestor(exp.Window) for p in select.expressions
+        for agg in p.find_all(exp.AggFunc))
+    if grouped:
+        # a group is one person's rows, or the check stops the query (GROUP BY a padded key
+        # would put everyone's rows under one NULL)
+        select.append("expressions", exp.alias_(exp.Min(this=person.copy()), ROW_PERSON))
+        select.having(_one_person([person], agg=True), copy=False)
+    else:
+        select.append("expressions", exp.alias_(person, ROW_PERSON))
+    carried.add(id(select))
+    return True
 
 
 def _filter_scans(tree: exp.Select, obligations: Obligations, catalogue: Catalogue) -> None:
