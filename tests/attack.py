@@ -12,6 +12,10 @@ import httpx
 from conftest import TODAY
 
 from gateway.errors import PERSON_LINK_BROKEN
+from gateway.sql.analysis import analyse
+from gateway.sql.rewrite import Plan, rewrite
+from policies import Obligations
+from policies.model import Output
 
 PLANNER = ("p.jones", "JOINT-PLANNING", "planning")
 RESEARCHER = ("r.smith", "PRJ-0077", "research")  # cell_key
@@ -202,3 +206,32 @@ def assert_not_multiples_of_her_stay(raw, rows, truth: float, yob: int, lsoa: st
     sums = [int(los) for _, los in rows or [] if los is not None and float(los).is_integer()]
     if len(sums) == 2:
         assert math.gcd(*sums) != truth, f"the gcd of the two sums is her total {truth}"
+
+
+def alone_anywhere_with_stays(raw) -> tuple[int, str, int]:
+    """A person alone in her year of birth and small area among everyone not opted out (the
+    dp project's people), with admissions: her year, area and person key."""
+    return raw.execute(f"""
+        WITH r AS ({not_opted_out()}),
+        alone AS (SELECT year_of_birth, lsoa_code, MIN(person_id) AS pid FROM r
+                  GROUP BY ALL HAVING COUNT(*) = 1)
+        SELECT a.year_of_birth, a.lsoa_code, a.pid FROM alone a
+        WHERE a.pid IN (SELECT person_id FROM hospital_admissions)
+        ORDER BY 1, 2 LIMIT 1""").fetchone()
+
+
+def planned(sql: str, catalogue) -> Plan:
+    """The threshold plan of a query (opt-outs removed), without the server."""
+    obligations = Obligations(None, True, None, Output(regime="threshold"))
+    return rewrite(analyse(sql, catalogue, max_chars=20_000, max_depth=64), obligations,
+                   catalogue, 10_000)
+
+
+def executed(plan: Plan) -> list[str]:
+    """Every query the pipeline would run for a plan."""
+    out = [plan.sql]
+    if plan.row_bound is not None:
+        out.append(plan.row_bound.sql)
+    if plan.contributions is not None and plan.contributions.sql:
+        out.append(plan.contributions.sql)
+    return out

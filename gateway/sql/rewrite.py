@@ -348,6 +348,14 @@ def _contributions(
     return Contributions(outer.sql(dialect=DIALECT), tuple(keys), tuple(measures))
 
 
+def _table_person(alias: str, table: exp.Table, catalogue: Catalogue) -> exp.Column | None:
+    """A person-level table's person key under its alias; None for any other table."""
+    meta = catalogue.table(table.name)
+    if meta is None or meta.kind is not TableKind.PERSON_LEVEL:
+        return None
+    return exp.column(meta.person_key, table=alias, quoted=True)
+
+
 def _person_columns(scope: Scope, catalogue: Catalogue) -> list[exp.Column]:
     """The person key of each person-level source a select reads (FROM and JOIN): a table's
     own key, or the first person key a derived table passes on."""
@@ -355,9 +363,8 @@ def _person_columns(scope: Scope, catalogue: Catalogue) -> list[exp.Column]:
     # selected_sources: what FROM and JOIN read (scope.sources also holds CTEs not read here)
     for alias, (_, source) in scope.selected_sources.items():
         if isinstance(source, exp.Table):
-            table = catalogue.table(source.name)
-            if table is not None and table.kind is TableKind.PERSON_LEVEL:
-                candidates.append(exp.column(table.person_key, table=alias, quoted=True))
+            if (key := _table_person(alias, source, catalogue)) is not None:
+                candidates.append(key)
         elif isinstance(source, Scope) and isinstance(source.expression, exp.Select):
             for proj in source.expression.expressions:
                 col = exp.column(proj.alias_or_name, table=alias, quoted=True)
@@ -529,9 +536,8 @@ def _row_persons(scope: Scope, catalogue: Catalogue, carried: set[int]) -> list[
     keys: list[exp.Expression] = []
     for alias, (_, source) in scope.selected_sources.items():
         if isinstance(source, exp.Table):
-            table = catalogue.table(source.name)
-            if table is not None and table.kind is TableKind.PERSON_LEVEL:
-                keys.append(exp.column(table.person_key, table=alias, quoted=True))
+            if (key := _table_person(alias, source, catalogue)) is not None:
+                keys.append(key)
         elif (isinstance(source, Scope) and isinstance(source.expression, exp.Select)
               and _carry_person(source, catalogue, carried)):
             keys.append(exp.column(ROW_PERSON, table=alias, quoted=True))

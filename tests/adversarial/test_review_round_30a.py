@@ -49,13 +49,13 @@ import pytest
 from attack import (
     DP_RESEARCHER,
     PLANNER,
+    alone_anywhere_with_stays,
     alone_with_stays,
     assert_bounded_without,
     assert_not_multiples_of_her_stay,
     column_base,
     explain_as,
     norfolk_residents,
-    not_opted_out,
     person_filter,
     query_as,
     refused,
@@ -128,13 +128,7 @@ def test_an_attached_padded_person_releases_her_registration_date(server, raw):
 def test_an_attached_padded_source_is_bounded_under_dp(server, raw):
     """dp: COUNT(*) over every patient x one person's admissions moves by thousands when she
     is taken out; the noise assumes cells x rows per cell."""
-    yob, lsoa, person = raw.execute(f"""
-        WITH r AS ({not_opted_out()}),
-        alone AS (SELECT year_of_birth, lsoa_code, MIN(person_id) AS pid FROM r
-                  GROUP BY ALL HAVING COUNT(*) = 1)
-        SELECT a.year_of_birth, a.lsoa_code, a.pid FROM alone a
-        WHERE a.pid IN (SELECT person_id FROM hospital_admissions)
-        ORDER BY 1, 2 LIMIT 1""").fetchone()
+    yob, lsoa, person = alone_anywhere_with_stays(raw)
     sql = f"""
         SELECT q.sex AS sex, COUNT(*) AS n
         FROM patients q

@@ -72,12 +72,14 @@ import pytest
 from attack import (
     DP_RESEARCHER,
     PLANNER,
+    alone_anywhere_with_stays,
     alone_with_stays,
     assert_bounded_without,
     assert_not_multiples_of_her_stay,
+    executed,
     explain_as,
-    not_opted_out,
     person_filter,
+    planned,
     query_as,
     refused,
     released_rows,
@@ -85,12 +87,6 @@ from attack import (
 
 from gateway.errors import SqlRejected
 from gateway.sql import analysis as analysis_module
-from gateway.sql.analysis import analyse
-from gateway.sql.rewrite import rewrite
-from policies import Obligations
-from policies.model import Output
-
-THRESHOLD = Obligations(None, True, None, Output(regime="threshold"))
 
 #: a deaths row that never matches: its person key is NULL on every row it is joined to
 NEVER = "z.person_id = {src}.person_id AND z.date_of_death < DATE '1800-01-01'"
@@ -142,21 +138,6 @@ def shapes(raw) -> dict[str, str]:
                   WHERE x.year_of_birth = {yob} AND x.lsoa_code = '{lsoa}') t
             GROUP BY t.reg""",
     }
-
-
-def planned(sql: str, catalogue):
-    return rewrite(analyse(sql, catalogue, max_chars=20_000, max_depth=64), THRESHOLD,
-                   catalogue, 10_000)
-
-
-def executed(plan) -> list[str]:
-    """Every query the pipeline would run for a plan."""
-    out = [plan.sql]
-    if plan.row_bound is not None:
-        out.append(plan.row_bound.sql)
-    if plan.contributions is not None and plan.contributions.sql:
-        out.append(plan.contributions.sql)
-    return out
 
 
 def _proof_off(monkeypatch) -> None:
@@ -217,13 +198,7 @@ def test_with_the_proof_switched_off_her_registration_date_is_a_key(server, raw,
 def test_with_the_proof_switched_off_one_person_is_bounded_under_dp(server, raw, monkeypatch):
     """dp: COUNT(*) over every patient x one person's admissions moves by thousands when she
     is taken out; the noise assumes cells x rows per cell."""
-    yob, lsoa, person = raw.execute(f"""
-        WITH r AS ({not_opted_out()}),
-        alone AS (SELECT year_of_birth, lsoa_code, MIN(person_id) AS pid FROM r
-                  GROUP BY ALL HAVING COUNT(*) = 1)
-        SELECT a.year_of_birth, a.lsoa_code, a.pid FROM alone a
-        WHERE a.pid IN (SELECT person_id FROM hospital_admissions)
-        ORDER BY 1, 2 LIMIT 1""").fetchone()
+    yob, lsoa, person = alone_anywhere_with_stays(raw)
     sql = f"""
         SELECT q.sex AS sex, COUNT(*) AS n
         FROM patients q, {_stays(person_filter(yob, lsoa))}

@@ -16,31 +16,10 @@ accepts everything. The attacks are the shapes of rounds 27 to 29 and their plai
 from __future__ import annotations
 
 import pytest
-from attack import alone_with_stays, person_filter
+from attack import alone_with_stays, executed, person_filter, planned
 
 from gateway.errors import SqlRejected
 from gateway.sql import analysis as analysis_module
-from gateway.sql.analysis import analyse
-from gateway.sql.rewrite import rewrite
-from policies import Obligations
-from policies.model import Output
-
-THRESHOLD = Obligations(None, True, None, Output(regime="threshold"))
-
-
-def planned(sql: str, catalogue):
-    return rewrite(analyse(sql, catalogue, max_chars=20_000, max_depth=64), THRESHOLD,
-                   catalogue, 10_000)
-
-
-def executed(plan) -> list[str]:
-    """Every query the pipeline would run for a plan."""
-    out = [plan.sql]
-    if plan.row_bound is not None:
-        out.append(plan.row_bound.sql)
-    if plan.contributions is not None and plan.contributions.sql:
-        out.append(plan.contributions.sql)
-    return out
 
 
 def attacks(raw) -> dict[str, str]:
