@@ -23,6 +23,8 @@ import duckdb
 from datasets import Catalogue
 from gateway.errors import (
     PERSON_LINK_BROKEN,
+    PERSON_LINK_HINT,
+    PERSON_LINK_MESSAGE,
     QueryFailed,
     QueryTimeout,
     ResultTooLarge,
@@ -91,11 +93,8 @@ class DuckDBEngine:
                                hint="narrow the query (fewer joins, a date range)") from None
         except duckdb.Error as exc:
             if PERSON_LINK_BROKEN in str(exc):
-                raise SqlRejected(
-                    "a row of the query pairs two different people: some join is not on "
-                    "person_id, so one person's values would stand beside other people's",
-                    hint="join person-level tables ON a.person_id = b.person_id; filter with "
-                    "IN or EXISTS", code="person_link_broken") from None
+                raise SqlRejected(PERSON_LINK_MESSAGE, hint=PERSON_LINK_HINT,
+                                  code="person_link_broken") from None
             # The engine's message can quote the data it failed on (a value it could not
             # convert): never pass it on, nor log or audit it. The class is enough to act on.
             kind = type(exc).__name__.removesuffix("Exception").lower() or "error"

@@ -33,6 +33,11 @@ class GatewayError(Exception):
 
 #: what the engine raises when a row pairs two people's sources (gateway/sql/rewrite.py)
 PERSON_LINK_BROKEN = "sde-gateway: one row holds two people"
+#: ... and what the caller is told (gateway/engine.py)
+PERSON_LINK_MESSAGE = ("a row of the query pairs two different people: some join is not on "
+                       "person_id, so one person's values would stand beside other people's")
+PERSON_LINK_HINT = ("join person-level tables ON a.person_id = b.person_id; filter with IN or "
+                    "EXISTS")
 
 
 class SqlRejected(GatewayError):
@@ -125,6 +130,8 @@ ERROR_EXAMPLES: dict[int, tuple[str, dict[str, dict[str, Any]]]] = {
         "query_failed": _error(
             "query_failed", "the engine could not run the query (conversion error)",
             hint="check the types and arithmetic of the expressions"),
+        "person_link_broken": _error("person_link_broken", PERSON_LINK_MESSAGE,
+                                     hint=PERSON_LINK_HINT),
         "invalid_request": _error("invalid_request", "There was an error parsing the body"),
     }),
     401: ("Missing, expired or badly signed bearer token", {
