@@ -137,12 +137,19 @@ class Pipeline:
         for noise; a rounding base by n / FREE_DRAWS itself, since the share of pairs that
         round apart pins a group of t people with a variance of base * t / n, not base^2 / n.
         The scale is raised to 1, 2, 5, 10, 20, 50, ..., so that it says little about any
-        one person."""
+        one person.
+
+        The rows are one figure for the whole query, the most over every column that counts
+        rows, and every such column takes it. Per column, a column that counts one chosen
+        person's rows (a FILTER on her, and a bit of her registration date) got a scale that
+        told whether she had rows in it: sixteen columns, her date (review round 32)."""
         per_cell: dict[int, Any] = {}
+        counted: set[int] = set()  # the columns that count rows, known from the query alone
         cells = None  # the most (cell, branch) groups one person's rows fall in, if measured
         if plan.cells_index is not None:  # found by the single pass, per cell
             per_cell = {c: max((row[h] for row in raw.rows if row[h] is not None), default=0)
                         for c, h in plan.row_max_index}
+            counted = set(per_cell)
             cells = max((row[plan.cells_index] for row in raw.rows
                          if row[plan.cells_index] is not None), default=0)
         elif plan.row_bound is not None and not plan.row_bound.asks_rows and \
@@ -154,6 +161,7 @@ class Pipeline:
                                       row_cap=1, deadline=deadline)
             row = got.rows[0] if got.rows else [None] * (len(plan.row_bound.columns) + 1)
             per_cell = dict(zip(plan.row_bound.columns, row[:-1], strict=True))
+            counted = set(plan.row_bound.asked)
             cells = row[-1] or 0
         if cells is None and plan.row_bound is not None:  # not asked: at most every cell
             draws = len(raw.rows) * _aggregates(analysis)
@@ -163,7 +171,8 @@ class Pipeline:
         spread = max(1.0, draws / FREE_DRAWS)
         if not rounded:
             spread = math.sqrt(spread)
-        return {c: _band(max(1, per_cell.get(c) or 1) * spread)
+        most = max((per_cell.get(c) or 1 for c in counted), default=1)
+        return {c: _band(max(1, most if c in counted else 1) * spread)
                 for c, o in enumerate(plan.outputs) if o.is_count}
 
     def _control(self, analysis: Analysis, plan: Plan, raw: RawResult, decision: Decision,

@@ -64,9 +64,13 @@ class RowBound:
 
     sql: str
     columns: tuple[int, ...]
-    #: whether some count column can take several rows of one person (else the query is
+    #: the count columns that can take several rows of one person (if none, the query is
     #: asked for the cells alone, and a small enough result answers that without it)
-    asks_rows: bool = True
+    asked: tuple[int, ...] = ()
+
+    @property
+    def asks_rows(self) -> bool:
+        return bool(self.asked)
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,7 @@ def row_bound(analysis: Analysis, obligations: Obligations, catalogue: Catalogue
                        exp.alias_(exp.Max(this=exp.column("__cells")), "__cells")).from_(
         exp.Subquery(this=person, alias=exp.TableAlias(this=exp.to_identifier("__per"))))
     _filter_scans(query, obligations, catalogue)
-    return RowBound(query.sql(dialect=DIALECT), tuple(columns), asks_rows=bool(asked))
+    return RowBound(query.sql(dialect=DIALECT), tuple(columns), asked=tuple(sorted(asked)))
 
 
 def _rewrite(
@@ -545,21 +549,27 @@ def _row_persons(scope: Scope, catalogue: Catalogue, carried: set[int]) -> list[
 
 
 def _carry_person(scope: Scope, catalogue: Catalogue, carried: set[int]) -> bool:
-    """Give a derived table that passes a person key on the hidden column of its rows'
-    person. Returns whether it has one."""
+    """Give a derived table the hidden column of its rows' person, if it has people's rows:
+    one that passes a person key on, or one that reads people row by row without passing
+    the key on (the proof refuses it beside people; the check then sees it too, round 32).
+    A summary (grouped or DISTINCT) without the key has no person per row and gets none.
+    Returns whether it has one."""
     select = scope.expression
     if id(select) in carried:
         return True
-    if not any(isinstance(p.unalias(), exp.Column) and is_person_key(p.unalias(), scope, catalogue)
-               for p in select.expressions):
+    passes_key = any(isinstance(p.unalias(), exp.Column)
+                     and is_person_key(p.unalias(), scope, catalogue) for p in select.expressions)
+    # an aggregate of this select, not of a subquery in it (a correlated COUNT in the SELECT
+    # list does not group the rows: round 32) nor a window
+    grouped = (select.args.get("group") is not None or select.args.get("having") is not None
+               or any(agg.find_ancestor(exp.Window, exp.Select) is select
+                      for p in select.expressions for agg in p.find_all(exp.AggFunc)))
+    if not passes_key and (grouped or select.args.get("distinct") is not None):
         return False
     inner = _row_persons(scope, catalogue, carried)
     if not inner:
         return False
     person = inner[0] if len(inner) == 1 else exp.Coalesce(this=inner[0], expressions=inner[1:])
-    grouped = select.args.get("group") is not None or any(
-        not agg.find_ancestor(exp.Window) for p in select.expressions
-        for agg in p.find_all(exp.AggFunc))
     if grouped:
         # a group is one person's rows, or the check stops the query (GROUP BY a padded key
         # would put everyone's rows under one NULL)
