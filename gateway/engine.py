@@ -40,6 +40,8 @@ class EngineSetupError(RuntimeError):
 class RawResult:
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]]
+    #: whether rows past the row cap were left unread (``keep_first``)
+    truncated: bool = False
 
 
 class DuckDBEngine:
@@ -71,11 +73,12 @@ class DuckDBEngine:
 
     def execute(self, sql: str, *, timeout_s: float, row_cap: int,
                 params: dict[str, Any] | None = None,
-                deadline: float | None = None) -> RawResult:
+                deadline: float | None = None, keep_first: bool = False) -> RawResult:
         """Run one query within ``timeout_s``, and before ``deadline`` (a time.monotonic()
         value) if one is given: the limit is the request's, shared by all its queries.
         ``params`` carries values that must not appear in the SQL text, which is audited
-        (the cell-key secret)."""
+        (the cell-key secret). Past ``row_cap`` rows the result is too large, unless
+        ``keep_first``: then the first ``row_cap`` rows come back, marked truncated."""
         left = timeout_s if deadline is None else min(timeout_s, deadline - time.monotonic())
         if left <= 0:
             raise QueryTimeout(f"the query ran past the time limit of {timeout_s:g} s",
@@ -107,6 +110,8 @@ class DuckDBEngine:
             timer.cancel()
             cursor.close()
         if len(rows) > row_cap:
+            if keep_first:
+                return RawResult(columns, rows[:row_cap], truncated=True)
             raise ResultTooLarge(f"the result has more than {row_cap} rows",
                                  hint="aggregate to fewer groups")
         return RawResult(columns, rows)

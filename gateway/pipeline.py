@@ -44,6 +44,7 @@ from gateway.errors import (
     BudgetExhausted,
     GatewayError,
     PolicyDenied,
+    ResultTooLarge,
     SqlRejected,
     Unauthenticated,
 )
@@ -176,7 +177,7 @@ class Pipeline:
                 for c, o in enumerate(plan.outputs) if o.is_count}
 
     def _control(self, analysis: Analysis, plan: Plan, raw: RawResult, decision: Decision,
-                 contributions: RawResult | None = None,
+                 contributions: RawResult | list[dict[int, Any]] | None = None,
                  per_person: dict[int, int] | None = None) -> dict[str, Any]:
         output = decision.obligations.output
         per_person = per_person or {}
@@ -204,6 +205,7 @@ class Pipeline:
         controlled = self._secondary(analysis, plan, raw, controlled, names)
         controlled, withheld = _withhold_small_groups(
             controlled, people, output.min_people, _keyed_rows(analysis, plan, raw))
+        controlled = _first(controlled, plan.limit, raw.truncated)
         averages = [c for c, shape in enumerate(_shapes(analysis)) if shape == "average"]
         for row in controlled.rows:  # see _significant
             for c in averages:
@@ -229,7 +231,7 @@ class Pipeline:
                 "_rows_withheld": withheld}
 
     def _control_cell_key(self, analysis: Analysis, plan: Plan, raw: RawResult,
-                          decision: Decision, contributions: RawResult | None, names: list[str],
+                          decision: Decision, contributions: RawResult | list | None, names: list[str],
                           rows: list[list[Any]], people: list[list[int | None]],
                           dominance: Dominance, per_person: dict[int, int]) -> dict[str, Any]:
         output = decision.obligations.output
@@ -257,6 +259,7 @@ class Pipeline:
             controlled = replace(controlled, suppressed=controlled.suppressed + tuple(cut))
         controlled, withheld = _withhold_small_groups(
             controlled, people, output.min_people, _keyed_rows(analysis, plan, raw))
+        controlled = _first(controlled, plan.limit, raw.truncated)
         disclosure = {
             "regime": "cell_key", "epsilon_spent": None,
             "min_people": output.min_people,
@@ -463,9 +466,11 @@ class Pipeline:
                     # one time limit for the request, not for each of its queries (the row
                     # bound ran as long again as the query: review round 24)
                     deadline = time.monotonic() + self.settings.query_timeout_s
+                    # a LIMIT is taken after withholding: the rows to the cap, in order
                     raw = self.engine.execute(plan.sql, timeout_s=self.settings.query_timeout_s,
                                               row_cap=self.settings.row_cap, params=params,
-                                              deadline=deadline)
+                                              deadline=deadline,
+                                              keep_first=plan.limit is not None)
                     contributions = None
                     if (plan.contributions is not None
                             and plan.contributions.inline_offset is not None):
@@ -746,6 +751,25 @@ def _withhold_small_groups(controlled: Controlled, people: list[list[int | None]
     return Controlled(rows, cells, controlled.rounded_columns, controlled.hold), len(drop)
 
 
+def _first(controlled: Controlled, limit: int | None, truncated: bool) -> Controlled:
+    """The caller's LIMIT, taken from the rows left after withholding (the engine ran to the
+    row cap): the rows a LIMIT shows never count the rows withheld (review round 33). If the
+    rows read to the cap leave fewer than the LIMIT, and more were left unread, the answer
+    would be short by the withheld rows: too large instead."""
+    if limit is None:
+        return controlled
+    if truncated and len(controlled.rows) < limit:
+        raise ResultTooLarge(
+            f"more than the row cap of groups precede the first {limit} that can be "
+            "released", hint="aggregate to fewer groups, or order so that larger groups come "
+            "first")
+    if len(controlled.rows) <= limit:
+        return controlled
+    return Controlled(controlled.rows[:limit],
+                      tuple(c for c in controlled.suppressed if c.row < limit),
+                      controlled.rounded_columns, controlled.hold)
+
+
 def _row_shapes(plan: Plan, raw: RawResult) -> list[RowShape] | None:
     """Where each row sits: its level (the key columns a grouping set rolls up, or its UNION
     branch, each branch a family of its own) and its keys; None if the result is one
@@ -826,17 +850,19 @@ def _decision_fields(decision: Decision) -> dict[str, Any]:
             "reasons": [r.__dict__ for r in decision.reasons]}
 
 
-def _inline_contributions(plan: Plan, raw: RawResult) -> RawResult:
-    """The contributions a single-pass plan returned beside each row, shaped as if they had
-    come from a contributions query (keys, then top, total and smallest per measure)."""
+def _inline_contributions(plan: Plan, raw: RawResult) -> list[dict[int, Any]]:
+    """The contributions a single-pass plan returned beside each row: its own, with no keys
+    to match (matching on Python's values of the keys took a withheld row's contributions
+    for a released row's when the engine told their keys apart and Python did not: round
+    33)."""
     c = plan.contributions
-    width = 3 * len(c.measure_columns)
-    return RawResult((), [tuple(row[i] for i in c.key_columns)
-                          + tuple(row[c.inline_offset:c.inline_offset + width])
-                          for row in raw.rows])
+    o = c.inline_offset
+    return [{col: (row[o + 3 * m] or [], row[o + 3 * m + 1], row[o + 3 * m + 2])
+             for m, col in enumerate(c.measure_columns)} for row in raw.rows]
 
 
-def _match_contributions(plan: Plan, raw: RawResult, result: RawResult | None):
+def _match_contributions(plan: Plan, raw: RawResult,
+                         result: RawResult | list[dict[int, Any]] | None):
     """Per released row, the contributions behind each SUM/AVG-of-measure cell (by group keys).
 
     A row without a match gets None for its cells, which the dominance rule treats as
@@ -844,19 +870,32 @@ def _match_contributions(plan: Plan, raw: RawResult, result: RawResult | None):
     """
     if plan.contributions is None or result is None:
         return None
+    if isinstance(result, list):  # a single pass's, row by row already
+        return result
     c = plan.contributions
     nkeys = len(c.key_columns)
+    by_text = c.keyed_by_text and plan.key_text_index is not None
+
+    def their_key(row) -> tuple:  # a row of the contributions query
+        return tuple(row[-1]) if by_text else tuple(row[:nkeys])
+
+    def our_key(row) -> tuple:  # a row of the released query
+        return (tuple(row[plan.key_text_index]) if by_text
+                else tuple(row[i] for i in c.key_columns))
+
     by_key = {}
-    # Keys the engine tells apart can arrive as one Python value (DATE '-infinity' and
-    # '0001-01-01'): a key seen twice cannot be matched, so its cells count as unknown.
-    seen = Counter(tuple(row[:nkeys]) for row in result.rows)
-    seen.update(tuple(row[i] for i in c.key_columns) for row in raw.rows
+    # Matched on the engine's text of the keys (rewrite.key_text), which tells apart what the
+    # engine tells apart. A key seen twice all the same cannot be matched: its cells count as
+    # unknown.
+    seen = Counter(their_key(row) for row in result.rows)
+    seen.update(our_key(row) for row in raw.rows
                 if not any(row[h] for _, h in plan.grouping_index))
     for row in result.rows:
-        if seen[tuple(row[:nkeys])] > 2 or tuple(row[:nkeys]) in by_key:
-            by_key[tuple(row[:nkeys])] = dict.fromkeys(c.measure_columns)
+        key = their_key(row)
+        if seen[key] > 2 or key in by_key:
+            by_key[key] = dict.fromkeys(c.measure_columns)
             continue
-        by_key[tuple(row[:nkeys])] = {
+        by_key[key] = {
             col: (row[nkeys + 3 * m] or [], row[nkeys + 3 * m + 1], row[nkeys + 3 * m + 2])
             for m, col in enumerate(c.measure_columns)
         }
@@ -867,8 +906,7 @@ def _match_contributions(plan: Plan, raw: RawResult, result: RawResult | None):
             # contributions were computed per detail group; unknown, so judged dominated.
             matched.append(dict.fromkeys(c.measure_columns))
             continue
-        key = tuple(row[i] for i in c.key_columns)
-        matched.append(by_key.get(key, dict.fromkeys(c.measure_columns)))
+        matched.append(by_key.get(our_key(row), dict.fromkeys(c.measure_columns)))
     return matched
 
 

@@ -14,7 +14,7 @@ plus two independent perturbations.
 The perturbation table is a discrete Gaussian truncated to [-D, D] whose variance is V (the
 largest-entropy distribution on that support with that variance): D = 2 and V = 1 by default,
 so a released count is within 2 of the truth, and zero on average. Cells of fewer than
-``min_people`` people are suppressed before any perturbation, zeros stay zero, and since
+``min_people`` people, none included, are suppressed before any perturbation, and since
 ``min_people`` > D no released count can be negative.
 
 Sums and averages of a measure pass the dominance rules of the threshold regime, then move by
@@ -33,7 +33,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from gateway.disclosure.threshold import Contribution, Controlled, Dominance, SuppressedCell
+from gateway.disclosure.threshold import (
+    Contribution,
+    Controlled,
+    Dominance,
+    SuppressedCell,
+    small_cell,
+)
 
 #: the record-key expression's parameter name in the rewritten SQL
 SECRET_PARAM = "sde_cell_key_secret"  # noqa: S105 (a parameter name, not a secret)
@@ -138,17 +144,13 @@ def apply_cell_key(
                 continue
             n = people[r][c]
             value = new[c]
-            if 0 < n < min_people:
+            if n < min_people:
+                # zeros too, as the threshold regime does (review round 33)
                 new[c] = None
-                suppressed.append(SuppressedCell(r, columns[c],
-                                                 f"small_cell: fewer than {min_people} people"))
+                suppressed.append(SuppressedCell(r, columns[c], small_cell(min_people)))
                 continue
-            if n == 0 and value not in (None, 0):
-                new[c] = None  # a value with no one behind it (review round 18)
-                suppressed.append(SuppressedCell(r, columns[c], "no person behind a value"))
-                continue
-            if value is None or n == 0:
-                continue  # a true zero (or an empty sum) stays as it is
+            if value is None:
+                continue  # a sum of no values
             if isinstance(value, float) and not math.isfinite(value):
                 new[c] = None
                 suppressed.append(SuppressedCell(r, columns[c], "not a finite number"))

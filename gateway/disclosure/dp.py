@@ -278,11 +278,19 @@ def _ordered(rows: list[list], pos: int, desc: bool, nulls_first: bool) -> list[
     from the last to the first orders by all of them."""
     nulls = [r for r in rows if r[pos] is None]
     values = [r for r in rows if r[pos] is not None]
-
-    def key(row: list):
-        v = row[pos]
-        nan = isinstance(v, float) and math.isnan(v)
-        return (nan, 0.0 if nan else v)
-
-    values.sort(key=key, reverse=desc)
+    values.sort(key=lambda row: _sort_key(row[pos]), reverse=desc)
     return nulls + values if nulls_first else values + nulls
+
+
+def _sort_key(value: Any) -> tuple:
+    """A key Python can always compare: NULL after NaN after every value, inside a tuple key
+    too (``(p.sex, d.place_of_death)`` holds a NULL for the living: review round 33)."""
+    if value is None:
+        return (2,)
+    if isinstance(value, float) and math.isnan(value):
+        return (1,)
+    if isinstance(value, list | tuple):
+        return (0, tuple(_sort_key(v) for v in value))
+    if isinstance(value, dict):
+        return (0, tuple(_sort_key(v) for v in value.values()))
+    return (0, value)

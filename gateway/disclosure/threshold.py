@@ -55,6 +55,12 @@ def check_outputs(outputs) -> None:
             )
 
 
+def small_cell(min_people: int) -> str:
+    """The rule of a cell resting on fewer than k people, none included: one wording, so that
+    the rule does not tell an empty group from a small one."""
+    return f"small_cell: fewer than {min_people} people"
+
+
 def round_to_base(value: int | float, base: int) -> int:
     """Nearest multiple of ``base``, halves rounded up (Python's round() would go to even)."""
     return int(base * math.floor(value / base + 0.5))
@@ -115,9 +121,8 @@ def apply_threshold(
 ) -> Controlled:
     """``people[r][c]`` is the number of distinct people behind cell (r, c), None for keys.
 
-    A cell behind which 1 to ``min_people - 1`` people lie is suppressed (None). A cell with
-    nobody behind it is a true zero for a count and is released; for a sum or average it has no
-    value (null) and is released as such. ``contributions[r][c]``, for SUM/AVG-of-measure cells,
+    A cell behind which 0 to ``min_people - 1`` people lie is suppressed (None), a zero as a
+    small count is: which of the two a cell is would otherwise show. ``contributions[r][c]``, for SUM/AVG-of-measure cells,
     holds the largest per-person totals and the total: a dominated cell is suppressed.
     ``column_bases`` rounds some count columns to a larger base (counts of rows where one
     person adds several).
@@ -134,17 +139,14 @@ def apply_threshold(
             n = people[r][c]
             if n is None:
                 continue
-            if 0 < n < min_people:
+            if n < min_people:
+                # Zeros too, and under the same words: a zero beside a suppressed small count
+                # tells which of the two a group is, and a FILTER on one person and one bit of
+                # her date made each column one bit (review round 33). ACRO's default
+                # (zeros_are_disclosive) agrees. A value with no one behind it (rows the
+                # gateway could not tie to a person, round 18) goes the same way.
                 new[c] = None
-                suppressed.append(
-                    SuppressedCell(r, columns[c], f"small_cell: fewer than {min_people} people")
-                )
-                continue
-            if n == 0 and new[c] not in (None, 0):
-                # a value with no one behind it: rows the gateway could not tie to a person
-                # (review round 18). Never released, whatever made it.
-                new[c] = None
-                suppressed.append(SuppressedCell(r, columns[c], "no person behind a value"))
+                suppressed.append(SuppressedCell(r, columns[c], small_cell(min_people)))
                 continue
             if isinstance(new[c], float) and not math.isfinite(new[c]):
                 new[c] = None

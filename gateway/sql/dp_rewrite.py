@@ -36,6 +36,7 @@ from gateway.sql.analysis import (
     is_person_key,
     may_be_null,
     padded_sources,
+    too_complex_on_recursion,
 )
 from gateway.sql.rewrite import _filter_scans, _row_person, _safe_casts
 from policies import Obligations
@@ -74,6 +75,7 @@ class DpPlan:
     limit: int | None
 
 
+@too_complex_on_recursion
 def rewrite_dp(analysis: Analysis, obligations: Obligations, catalogue: Catalogue, *,
                max_cells: int, max_rows: int, row_cap: int) -> DpPlan:
     tree = analysis.tree

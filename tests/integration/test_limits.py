@@ -38,9 +38,12 @@ def test_a_result_over_the_row_cap_gets_413(tight):
 
 
 def test_a_user_limit_under_the_cap_is_kept(tight):
+    """More groups than the cap, and a LIMIT: the engine reads to the cap, small groups are
+    withheld, and the LIMIT takes the first rows left (review round 33)."""
     resp = tight.query("p.jones", "SELECT lsoa_code, COUNT(*) FROM patients GROUP BY lsoa_code "
                        "ORDER BY lsoa_code LIMIT 5", "JOINT-PLANNING", "planning")
     assert resp.status_code == 200 and len(resp.json()["rows"]) == 5
+    assert "LIMIT 5" not in tight.entry_for(resp)["executed_sql"]
 
 
 @pytest.mark.parametrize(("sql", "code"), [
