@@ -177,9 +177,14 @@ def release(mech: DpMechanisms, rows: list[tuple], names: list[str], kinds: list
     """Noise the exact bounded cells; ``rows`` are keys, statistic parts, then people."""
     plan = mech.plan
     nkeys = len(plan.keys)
+    # cells are told apart by the engine's text of their keys (the last column), and shown
+    # with their values; the public code lists are text already
     exact: dict[tuple, tuple] = {}
+    shown: dict[tuple, tuple] = {}
     for row in rows:
-        exact[tuple(row[:nkeys])] = tuple(row[nkeys:])
+        cell = tuple(row[-1]) if plan.key_text else tuple(row[:nkeys])
+        exact[cell] = tuple(row[nkeys:-1] if plan.key_text else row[nkeys:])
+        shown[cell] = tuple(row[:nkeys])
     layout: dict[int, int] = {}  # statistic column -> offset of its parts in the row tail
     offset = 0
     for stat in plan.statistics:
@@ -217,7 +222,8 @@ def release(mech: DpMechanisms, rows: list[tuple], names: list[str], kinds: list
                                     if c > 0 else None for s, c in zip(sums, counts, strict=True)]
     out_rows: list[list[Any]] = []
     key_pos = {pos: n for n, pos in enumerate(plan.keys)}
-    for r, key in enumerate(cells):
+    for r, cell in enumerate(cells):
+        key = shown.get(cell, cell)
         row = []
         for i, kind in enumerate(kinds):
             if i in key_pos:

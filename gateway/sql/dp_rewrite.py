@@ -38,7 +38,7 @@ from gateway.sql.analysis import (
     padded_sources,
     too_complex_on_recursion,
 )
-from gateway.sql.rewrite import _filter_scans, _row_person, _safe_casts
+from gateway.sql.rewrite import _filter_scans, _row_person, _safe_casts, key_text
 from policies import Obligations
 
 HINT = ("under differential privacy a query is one SELECT of group keys and COUNT(*), "
@@ -73,6 +73,9 @@ class DpPlan:
     #: (output position, descending, NULLs first) from ORDER BY, as the engine would order
     order: tuple[tuple[int, bool, bool], ...]
     limit: int | None
+    #: whether each row ends with the engine's text of its keys (rewrite.key_text): cells are
+    #: told apart by it
+    key_text: bool = False
 
 
 @too_complex_on_recursion
@@ -152,6 +155,11 @@ def rewrite_dp(analysis: Analysis, obligations: Obligations, catalogue: Catalogu
             source = (f"{head} SELECT * FROM __parts ANTI JOIN __many USING (__pid) "
                       f"UNION ALL {ranked} <= {max_cells}")
     group = f" GROUP BY {', '.join(f'__k{i}' for i in keys)}" if keys else ""
+    if keys:
+        # each cell's keys as the engine tells them apart (rewrite.key_text): two cells Python
+        # reads as one (DATE '-infinity', 0001-01-01) were one entry, the last read winning,
+        # and one person's cell then hid everyone's (review round 34)
+        outer.append(exp.alias_(key_text([exp.column(f"__k{i}") for i in keys]), "__kt"))
     # The number of exact cells is itself data: cap it well above what can be released.
     sql = (f"SELECT {', '.join(e.sql(dialect=DIALECT) for e in outer)} FROM ({source}) AS __pp"
            f"{group}{having} LIMIT {10 * row_cap + 1}")
@@ -161,7 +169,7 @@ def rewrite_dp(analysis: Analysis, obligations: Obligations, catalogue: Catalogu
         key_columns=tuple(names[i] for i in keys), public_domains=domains,
         statistics=tuple(stats), cells_per_person=cells,
         order=_order(analysis.tree, keys, key_exprs, names),
-        limit=_limit(analysis.tree, row_cap),
+        limit=_limit(analysis.tree, row_cap), key_text=bool(keys),
     )
 
 
