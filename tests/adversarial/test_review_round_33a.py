@@ -137,6 +137,17 @@ def _alone_with_events(raw, people: str, where: str = "TRUE"
     return found
 
 
+def smallest_bucket(raw, people: str) -> int:
+    """The fewest people in a bucket of GP events by event date modulo BUCKETS, among
+    ``people``: every big group of the LIMIT attacks rests on k or more (so only hers are
+    withheld)."""
+    return raw.execute(f"""
+        SELECT MIN(n) FROM (SELECT DATEDIFF('day', DATE '1970-01-01', e.event_date) % {BUCKETS}
+                                   AS b, COUNT(DISTINCT r.person_id) AS n
+                            FROM ({people}) r JOIN gp_events e ON e.person_id = r.person_id
+                            GROUP BY b)""").fetchone()[0]
+
+
 def _her(yob: int, lsoa: str) -> str:
     return f"p.year_of_birth = {yob} AND p.lsoa_code = '{lsoa}'"
 
@@ -188,13 +199,7 @@ def test_a_limit_does_not_count_the_rows_withheld(server, raw, regime):
     who, people, k = LIMIT_CASES[regime]
     yob, lsoa, events, registered, _ = _alone_with_events(raw, people())
     assert events * events >= BUCKETS and registered.year - 1994 < BUCKETS
-    # every big group rests on k people or more (so only hers are withheld)
-    smallest = raw.execute(f"""
-        SELECT MIN(n) FROM (SELECT DATEDIFF('day', DATE '1970-01-01', e.event_date) % {BUCKETS}
-                                   AS b, COUNT(DISTINCT r.person_id) AS n
-                            FROM ({people()}) r JOIN gp_events e ON e.person_id = r.person_id
-                            GROUP BY b)""").fetchone()[0]
-    assert smallest >= k, "the shape this test needs (checked on raw data)"
+    assert smallest_bucket(raw, people()) >= k, "the shape this test needs (raw data)"
     read = {part: _withheld_through_limit(server, who, yob, lsoa, events, value)
             for part, value in PARTS.items()}
     if -1 in read.values():
