@@ -202,9 +202,15 @@ class Pipeline:
             contributions=_match_contributions(plan, raw, contributions), dominance=dominance,
             column_bases=bases,
         )
-        controlled = self._secondary(analysis, plan, raw, controlled, names)
-        controlled, withheld = _withhold_small_groups(
+        # Small groups are withheld first, and secondary suppression protects what is left,
+        # on the released (rounded) values: protecting a withheld row showed that it existed,
+        # and choosing the cheapest cell by exact values told which of two was smaller
+        # (review round 35).
+        controlled, withheld, kept = _withhold_small_groups(
             controlled, people, output.min_people, _keyed_rows(analysis, plan, raw))
+        controlled = self._secondary(
+            analysis, plan, RawResult(raw.columns, [raw.rows[r] for r in kept]), controlled,
+            names)
         controlled = _first(controlled, plan.limit, raw.truncated)
         averages = [c for c, shape in enumerate(_shapes(analysis)) if shape == "average"]
         for row in controlled.rows:  # see _significant
@@ -257,7 +263,7 @@ class Pipeline:
                         cut.append(SuppressedCell(r, names[c], "one person's rows are too many "
                                                   "or in too many cells for this column"))
             controlled = replace(controlled, suppressed=controlled.suppressed + tuple(cut))
-        controlled, withheld = _withhold_small_groups(
+        controlled, withheld, _ = _withhold_small_groups(
             controlled, people, output.min_people, _keyed_rows(analysis, plan, raw))
         controlled = _first(controlled, plan.limit, raw.truncated)
         disclosure = {
@@ -588,7 +594,7 @@ class Pipeline:
         quick = work > MAX_SEARCH_WORK  # bounded work per request, not only per column
         for c in additive:
             hidden = {s.row for s in controlled.suppressed if s.column == names[c]}
-            values = [raw.rows[r][c] for r in range(len(rows))]
+            values = [row[c] for row in controlled.rows]  # as released: rounded, or None
             if complete:
                 more = protect(values, hidden, rels, quick=quick)
                 why = "secondary: protects a suppressed cell from recovery through the margins"
@@ -731,15 +737,18 @@ def _keyed_rows(analysis: Analysis, plan: Plan, raw: RawResult) -> list[bool]:
 
 
 def _withhold_small_groups(controlled: Controlled, people: list[list[int | None]],
-                           min_people: int, keyed: list[bool]) -> tuple[Controlled, int]:
+                           min_people: int, keyed: list[bool]
+                           ) -> tuple[Controlled, int, list[int]]:
     """A keyed row that no cell shows to rest on at least k people is not released at all: its
     keys alone would describe fewer than k people (a CASE key can carry one person's exact
     date), whatever zero or suppressed cells stand beside them. (Rows without keys, an
-    ungrouped total or a constant label, describe nobody and stay.)"""
+    ungrouped total or a constant label, describe nobody and stay.) Returns the rows left,
+    how many went, and the positions of those left."""
     drop = {r for r, row in enumerate(people)
             if keyed[r] and max((n or 0 for n in row), default=min_people) < min_people}
+    kept = [r for r in range(len(controlled.rows)) if r not in drop]
     if not drop:
-        return controlled, 0
+        return controlled, 0, kept
     new_index = {}
     rows = []
     for r, row in enumerate(controlled.rows):
@@ -748,7 +757,7 @@ def _withhold_small_groups(controlled: Controlled, people: list[list[int | None]
             rows.append(row)
     cells = tuple(SuppressedCell(new_index[c.row], c.column, c.rule)
                   for c in controlled.suppressed if c.row in new_index)
-    return Controlled(rows, cells, controlled.rounded_columns, controlled.hold), len(drop)
+    return Controlled(rows, cells, controlled.rounded_columns, controlled.hold), len(drop), kept
 
 
 def _first(controlled: Controlled, limit: int | None, truncated: bool) -> Controlled:

@@ -178,6 +178,16 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
         raise SqlRejected(f"cannot analyse the query: {exc}") from None
     if not isinstance(qualified, exp.Select | exp.Union):
         raise SqlRejected("only a SELECT is allowed")
+    whole = next(qualified.find_all(exp.TableColumn), None)
+    if whole is not None:
+        # a table's name used as a value is its whole row (a struct, every field by name as
+        # text): no column of it is resolved, so no rule or policy saw what it read, direct
+        # identifiers included (review round 35)
+        raise SqlRejected(
+            f"{whole.name!r} names a table, not a column: a table's whole row may not be "
+            "used as a value", hint="name the columns you need, e.g. p.sex or p.year_of_birth")
+    # the resolver may turn names into other nodes: the allow-list holds for what runs too
+    _check_nodes(qualified)
     _check_output_names(qualified)
     outers = outer_selects(qualified)
     columns, tables = _resolve(qualified, catalogue, ctes, outers)

@@ -177,10 +177,8 @@ def test_the_most_cells_allowed_on_a_large_cube_answer_quickly(server):
     resp, took = timed_query(server, PLANNER, sql)
     assert resp is not None and resp.status_code == 200, resp
     assert took < 10, f"took {took:.1f} s"
-    body = resp.json()
-    if body["status"] == "released":
-        rules = {s["rule"] for s in body["disclosure"]["suppressed"]}
-        assert any(r.startswith("secondary") for r in rules)
+    # (it used to assert a secondary rule here; since round 35 the small details are
+    # withheld first and protect nothing by their existence)
 
 
 def test_more_than_twenty_aggregate_columns_are_refused(server):

@@ -38,7 +38,9 @@ query each (the share of differences 5 above the least). Under ``cell_key`` the 
 exact, by the groups chosen): kept as a note, not a test. No measurement of cells per
 person is involved (one row a person, one cell a column): the caps themselves allow it.
 
-A fix may refuse such a query (a 4xx), or answer it safely: each passes.
+A fix may refuse such a query (a 4xx), or answer it safely: each passes. Since round 35 the
+first three are held to the rounding (see ``_assert_not_recovered``), not to secondary
+suppression, which may no longer react to rows that are withheld.
 """
 
 from __future__ import annotations
@@ -58,10 +60,20 @@ from attack import (
 )
 
 
-def _assert_not_recovered(recovered: int | None, truth: int, what: str) -> None:
-    assert recovered is None or abs(recovered - truth) > 4, (
-        f"{what}: a cell of {truth} people that the threshold withheld is recovered as "
-        f"{recovered} from the other released cells of the same result")
+def _assert_not_recovered(resp: httpx.Response, parts: list, recovered: int | None,
+                          truth: int, what: str) -> None:
+    """Since round 35 a withheld row does not steer secondary suppression (protecting it
+    showed that it existed: a bit per bucket of one person's date). What stands between it
+    and the margins is the rounding of every released cell the caller subtracts, as for two
+    count columns that differ by a small group (round 24's accepted limit): each is rounded
+    to its stated base, so the difference gives the group only to within their rounding."""
+    if recovered is None:
+        return
+    base = column_base(resp, resp.json()["columns"][-1])
+    assert all(v % base == 0 for v in parts), (
+        f"{what}: {parts} are not all rounded to {base}, and recover {recovered} for a "
+        f"withheld cell of {truth} people")
+    assert abs(recovered - truth) <= len(parts) * base / 2 + 1e-9
 
 
 def test_two_breakdowns_in_one_column_give_a_withheld_cell(server, raw):
@@ -71,14 +83,15 @@ def test_two_breakdowns_in_one_column_give_a_withheld_cell(server, raw):
     sql = (f"SELECT 'target' AS dim, CASE WHEN {group_condition(yob, practice)} THEN 'g' ELSE 'rest' "
            "END AS k, COUNT(*) AS n FROM patients p GROUP BY 2 "
            "UNION ALL SELECT 'sex' AS dim, p.sex AS k, COUNT(*) AS n FROM patients p GROUP BY 2")
-    rows = released_rows(query_as(server, PLANNER, sql))
+    resp = query_as(server, PLANNER, sql)
+    rows = released_rows(resp)
     if rows is None:
         return
     cell = {(r[0], r[1]): r[2] for r in rows}
     assert ("target", "g") not in cell or cell[("target", "g")] is None
     parts = [cell.get(("sex", "F")), cell.get(("sex", "M")), cell.get(("target", "rest"))]
     recovered = None if None in parts else parts[0] + parts[1] - parts[2]
-    _assert_not_recovered(recovered, truth, "two breakdowns in one column")
+    _assert_not_recovered(resp, parts, recovered, truth, "two breakdowns in one column")
 
 
 def test_a_total_under_another_alias_is_no_margin(server, raw):
@@ -88,14 +101,15 @@ def test_a_total_under_another_alias_is_no_margin(server, raw):
     sql = (f"SELECT CASE WHEN {group_condition(yob, practice)} THEN 'g' ELSE 'rest' END AS k, "
            "COUNT(*) AS n FROM patients p GROUP BY 1 "
            "UNION ALL SELECT 'total' AS k, COUNT(*) AS n FROM patients q")
-    rows = released_rows(query_as(server, PLANNER, sql))
+    resp = query_as(server, PLANNER, sql)
+    rows = released_rows(resp)
     if rows is None:
         return
     cell = {r[0]: r[1] for r in rows}
     assert cell.get("g") is None
-    recovered = (None if cell.get("total") is None or cell.get("rest") is None
-                 else cell["total"] - cell["rest"])
-    _assert_not_recovered(recovered, truth, "a total under another alias")
+    parts = [cell.get("total"), cell.get("rest")]
+    recovered = None if None in parts else parts[0] - parts[1]
+    _assert_not_recovered(resp, parts, recovered, truth, "a total under another alias")
 
 
 def test_keys_python_cannot_tell_apart_mislead_secondary_suppression(server, raw):
@@ -113,7 +127,8 @@ def test_keys_python_cannot_tell_apart_mislead_secondary_suppression(server, raw
            "ELSE CAST('-infinity' AS DATE) END AS a, "
            f"CASE WHEN {group_condition(yob, practice)} THEN 'g' ELSE 'o' END AS b, "
            "COUNT(*) AS n FROM patients p GROUP BY ROLLUP (1, 2)")
-    rows = released_rows(query_as(server, PLANNER, sql))
+    resp = query_as(server, PLANNER, sql)
+    rows = released_rows(resp)
     if rows is None:
         return
     # the subtotals by a (b NULL, a not NULL) and the details not in G: the largest of each
@@ -124,7 +139,8 @@ def test_keys_python_cannot_tell_apart_mislead_secondary_suppression(server, raw
     big_sub = [v for v in subtotals if v > total / 2]
     big_rest = [v for v in rest if v > total / 2]
     recovered = big_sub[0] - big_rest[0] if big_sub and big_rest else None
-    _assert_not_recovered(recovered, truth, "ROLLUP keys -infinity and 0001-01-01")
+    parts = [big_sub[0], big_rest[0]] if recovered is not None else []
+    _assert_not_recovered(resp, parts, recovered, truth, "ROLLUP keys -infinity and 0001-01-01")
 
 
 #: pairs of columns per branch, and a cut's step in days: two branches of 16 count columns
