@@ -172,7 +172,8 @@ class Pipeline:
         spread = max(1.0, draws / FREE_DRAWS)
         if not rounded:
             spread = math.sqrt(spread)
-        most = max((per_cell.get(c) or 1 for c in counted), default=1)
+        # a float: SUM(CASE ... THEN 1.0 ...) counts as a DECIMAL (review round 36)
+        most = max((float(per_cell.get(c) or 1) for c in counted), default=1.0)
         return {c: _band(max(1, most if c in counted else 1) * spread)
                 for c, o in enumerate(plan.outputs) if o.is_count}
 

@@ -557,6 +557,10 @@ def _check_nodes(tree: exp.Select | exp.Union) -> None:
             # gateway's hidden columns kept the engine from removing any (review round 34)
             raise SqlRejected("UNION (without ALL) is not allowed: it removes rows by their "
                               "exact values", hint="use UNION ALL")
+        if typ is exp.Star and any(node.args.get(k) for k in STAR_MODIFIERS):
+            # COUNT(* EXCLUDE (nhs_number)) names columns no rule resolves (review round 36)
+            raise SqlRejected("* with EXCLUDE, REPLACE, RENAME or ILIKE is not allowed",
+                              hint="COUNT(*) counts rows; name the columns you need elsewhere")
         if typ is exp.Join:
             _check_join(node)
         if typ is exp.Select and any(node.args.get(k) for k in ("into", "locks", "sample")):
@@ -564,6 +568,8 @@ def _check_nodes(tree: exp.Select | exp.Union) -> None:
 
 
 _JOIN_KINDS = {"", "INNER", "OUTER", "CROSS"}
+#: the arguments of * that name or match columns
+STAR_MODIFIERS = ("except_", "except", "replace", "rename", "ilike")
 _JOIN_SIDES = {"", "LEFT", "RIGHT", "FULL"}
 
 
