@@ -235,3 +235,23 @@ def executed(plan: Plan) -> list[str]:
     if plan.contributions is not None and plan.contributions.sql:
         out.append(plan.contributions.sql)
     return out
+
+
+def assert_not_her_date_as_key(rows, registered: str, yob: int, lsoa: str) -> None:
+    """No released row has as its first key the registration date of the one resident born
+    in ``yob`` living in ``lsoa`` (a row resting on everyone, keyed by her attribute)."""
+    for row in rows or []:
+        assert str(row[0]) != str(registered), (
+            f"the registration date of the one resident born in {yob} living in {lsoa} "
+            f"({registered}) released as the key of a row: {row}")
+
+
+def assert_tag_sums_not_her_stay(rows, truth: float) -> None:
+    """Two released sums keyed by tags 1 and 2 must not differ by one person's exact total
+    length of stay (two cells sharing everyone but her)."""
+    cell = {r[0]: r[1] for r in rows or []}
+    if cell.get(1) is None or cell.get(2) is None:
+        return
+    assert abs((cell[1] - cell[2]) - truth) > 0.5, (
+        f"released sums {cell[1]} and {cell[2]} differ by one person's exact total length "
+        f"of stay ({truth})")

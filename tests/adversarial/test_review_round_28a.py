@@ -53,6 +53,7 @@ from attack import (
     PLANNER,
     alone_with_stays,
     answered_in_time,
+    assert_not_her_date_as_key,
     assert_not_multiples_of_her_stay,
     person_filter,
     query_as,
@@ -85,10 +86,7 @@ def test_a_full_join_after_a_cross_join_releases_one_persons_date(server, raw):
         FULL JOIN deaths d ON d.person_id = p.person_id AND d.person_id = q.person_id
         WHERE p.person_id IS NOT NULL AND q.year_of_birth = {yob} AND q.lsoa_code = '{lsoa}'
         GROUP BY q.registration_date, q.ethnicity"""
-    for row in released_rows(query_as(server, PLANNER, sql)) or []:
-        assert str(row[0]) != registered, (
-            f"the registration date of the one resident born in {yob} living in {lsoa} "
-            f"({registered}) released as the key of a row resting on {row[2]} people")
+    assert_not_her_date_as_key(released_rows(query_as(server, PLANNER, sql)), registered, yob, lsoa)
 
 
 def test_a_later_right_join_pads_the_cross_joined_sides_so_a_left_join_links_them(server, raw):

@@ -36,6 +36,7 @@ import pytest
 from attack import (
     PLANNER,
     alone_with_stays,
+    assert_not_her_date_as_key,
     assert_not_multiples_of_her_stay,
     person_filter,
     query_as,
@@ -71,7 +72,4 @@ def test_a_later_left_joins_on_attaches_a_padded_person_releasing_her_date(serve
         LEFT JOIN deaths d ON d.person_id = p.person_id AND d.person_id = q.person_id
         WHERE q.year_of_birth = {yob} AND q.lsoa_code = '{lsoa}'
         GROUP BY q.registration_date, q.ethnicity"""
-    for row in released_rows(query_as(server, PLANNER, sql)) or []:
-        assert str(row[0]) != registered, (
-            f"the registration date of the one resident born in {yob} living in {lsoa} "
-            f"({registered}) released as the key of a row resting on {row[2]} people")
+    assert_not_her_date_as_key(released_rows(query_as(server, PLANNER, sql)), registered, yob, lsoa)

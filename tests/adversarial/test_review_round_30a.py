@@ -52,6 +52,7 @@ from attack import (
     alone_anywhere_with_stays,
     alone_with_stays,
     assert_bounded_without,
+    assert_not_her_date_as_key,
     assert_not_multiples_of_her_stay,
     column_base,
     explain_as,
@@ -119,10 +120,7 @@ def test_an_attached_padded_person_releases_her_registration_date(server, raw):
         LEFT JOIN deaths d ON d.person_id = q.person_id AND d.person_id = p.person_id
         WHERE q.year_of_birth = {yob} AND q.lsoa_code = '{lsoa}'
         GROUP BY q.registration_date, q.ethnicity"""
-    for row in released_rows(query_as(server, PLANNER, sql)) or []:
-        assert str(row[0]) != registered, (
-            f"the registration date of the one resident born in {yob} living in {lsoa} "
-            f"({registered}) released as the key of a row resting on {row[2]} people")
+    assert_not_her_date_as_key(released_rows(query_as(server, PLANNER, sql)), registered, yob, lsoa)
 
 
 def test_an_attached_padded_source_is_bounded_under_dp(server, raw):

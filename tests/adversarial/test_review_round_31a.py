@@ -75,6 +75,7 @@ from attack import (
     alone_anywhere_with_stays,
     alone_with_stays,
     assert_bounded_without,
+    assert_not_her_date_as_key,
     assert_not_multiples_of_her_stay,
     executed,
     explain_as,
@@ -189,10 +190,7 @@ def test_with_the_proof_switched_off_her_registration_date_is_a_key(server, raw,
     sql = shapes(raw)["her registration date beside everyone"] + \
         "\n-- round 31a: her registration date"
     _proof_off(monkeypatch)
-    for row in released_rows(query_as(server, PLANNER, sql)) or []:
-        assert str(row[0]) != registered, (
-            f"the registration date of the one resident born in {yob} living in {lsoa} "
-            f"({registered}) released as the key of a row resting on {row[1]} people")
+    assert_not_her_date_as_key(released_rows(query_as(server, PLANNER, sql)), registered, yob, lsoa)
 
 
 def test_with_the_proof_switched_off_one_person_is_bounded_under_dp(server, raw, monkeypatch):

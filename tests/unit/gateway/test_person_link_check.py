@@ -109,3 +109,23 @@ def test_linked_people_pass_the_check(sql, catalogue, engine):
 def test_a_select_of_one_persons_source_carries_no_check(catalogue):
     plan = planned("SELECT p.sex, COUNT(*) AS n FROM patients p GROUP BY p.sex", catalogue)
     assert "error(" not in plan.sql.lower()
+
+
+def test_over_http_the_engines_refusal_is_a_400_in_the_error_shape_and_audited(
+        server, raw, monkeypatch):
+    """The same second line, through the real app: a 400 person_link_broken with a hint, an
+    audit entry that records it, no rows, and the server answers the next query."""
+    sql = attacks(raw)["a comma join"]
+    monkeypatch.setattr(analysis_module, "_check_person_links", lambda scope, cat: None)
+    resp = server.query("p.jones", sql + " -- link check over HTTP", "JOINT-PLANNING",
+                        "planning")
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "person_link_broken" and error["hint"]
+    assert "rows" not in resp.json()
+    entry = server.entry_for(resp)
+    assert entry["error_code"] == "person_link_broken" and entry["decision"] == "refused"
+    monkeypatch.undo()
+    ok = server.query("p.jones", "SELECT p.sex, COUNT(*) AS n FROM patients p GROUP BY p.sex",
+                      "JOINT-PLANNING", "planning")
+    assert ok.status_code == 200
