@@ -51,9 +51,10 @@ from gateway.errors import (
 from gateway.operations import Busy, EngineSlots, Metrics, RateLimited, RateLimiter, StageTimer
 from gateway.results import ResultStore
 from gateway.settings import Settings
-from gateway.sql.analysis import Analysis, analyse, grouping_sets, outer_selects
+from gateway.sql.analysis import Analysis, analyse
 from gateway.sql.dp_rewrite import DpPlan, rewrite_dp
 from gateway.sql.rewrite import Plan, rewrite
+from gateway.sql.tree import grouping_sets, outer_selects
 from policies import Caller, Decision, Facts, Obligations, PolicySet, decide
 
 log = structlog.get_logger("sde_gateway.pipeline")

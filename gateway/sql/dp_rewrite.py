@@ -27,18 +27,12 @@ from sqlglot.optimizer.scope import traverse_scope
 
 from datasets import Catalogue, ColumnClass, TableKind
 from gateway.errors import SqlRejected
-from gateway.sql.analysis import (
-    DIALECT,
-    Analysis,
-    _is_indicator,
-    bare_origin,
-    is_constant,
-    is_person_key,
-    may_be_null,
-    padded_sources,
-    too_complex_on_recursion,
-)
+from gateway.sql.analysis import Analysis
 from gateway.sql.rewrite import _filter_scans, _row_person, _safe_casts, key_text
+from gateway.sql.rules.measures import is_indicator
+from gateway.sql.rules.people import bare_origin, is_person_key, may_be_null, padded_sources
+from gateway.sql.rules.size import too_complex_on_recursion
+from gateway.sql.tree import DIALECT, is_constant
 from policies import Obligations
 
 HINT = ("under differential privacy a query is one SELECT of group keys and COUNT(*), "
@@ -211,7 +205,7 @@ def _statistic(i: int, node: exp.Expression, scope, catalogue: Catalogue, max_ro
                               "available under differential privacy", hint=HINT,
                               code="output_not_allowed")
         return DpStatistic(i, "rows", float(max_rows)), [least(filtered(agg.copy()), max_rows)]
-    if isinstance(agg, exp.Sum) and _is_indicator(arg):  # SUM(CASE WHEN .. THEN 1 ELSE 0 END)
+    if isinstance(agg, exp.Sum) and is_indicator(arg):  # SUM(CASE WHEN .. THEN 1 ELSE 0 END)
         return DpStatistic(i, "rows", float(max_rows)), [least(filtered(agg.copy()), max_rows)]
     if isinstance(agg, exp.Sum | exp.Avg) and isinstance(arg, exp.Column):
         origin = bare_origin(arg, scope, catalogue)

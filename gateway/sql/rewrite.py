@@ -21,20 +21,11 @@ from datasets import Catalogue, ColumnClass, TableKind
 from datasets.catalogue import NEVER_QUERYABLE
 from gateway.disclosure.cellkey import SECRET_PARAM
 from gateway.errors import PERSON_LINK_BROKEN, SqlRejected
-from gateway.sql.analysis import (
-    DIALECT,
-    Analysis,
-    OutputColumn,
-    bare_origin,
-    counts_people,
-    group_keys,
-    is_constant,
-    is_person_key,
-    may_be_null,
-    outer_selects,
-    padded_sources,
-    too_complex_on_recursion,
-)
+from gateway.sql.analysis import Analysis
+from gateway.sql.rules.people import bare_origin, is_person_key, may_be_null, padded_sources
+from gateway.sql.rules.released import OutputColumn, counts_people
+from gateway.sql.rules.size import too_complex_on_recursion
+from gateway.sql.tree import DIALECT, group_keys, is_constant, outer_selects
 from policies import ConsentCohort, Obligations, ResidenceFilter
 
 HIDDEN_PREFIX = "__sdc_people_"
@@ -533,7 +524,7 @@ def _assert_person_links(tree: exp.Expression, catalogue: Catalogue) -> None:
     sources, what the analysis proved: that they are all the same person (or NULL, where an
     outer join pads one). A row that pairs two people stops the query with an error.
 
-    The analysis refuses joins that are not on person_id (``_check_person_links``), and rounds
+    The analysis refuses joins that are not on person_id (``check_person_links``), and rounds
     25 to 29 each found a join it took for a person link that paired one person's rows with
     everyone else's: a sum by sex came out as N times one woman's stay, resting on thousands.
     This is the same rule checked on the data, so that a mistake in the proof refuses the

@@ -4,7 +4,7 @@ All go through a subquery that is a UNION. sqlglot's Scope gives each branch of 
 scope of type UNION, not SUBQUERY, so ``scope.is_subquery`` is false for the branches of
 ``IN (SELECT ... UNION ALL SELECT ...)``, ``EXISTS (... UNION ALL ...)`` or a scalar
 ``(SELECT ... UNION ALL SELECT ...)``, and the rule that a subquery over people must be tied
-to the outer person by person_id (``_check_person_links``) never runs on them. An
+to the outer person by person_id (``check_person_links``) never runs on them. An
 uncorrelated subquery over one chosen person then filters everyone's rows by her values: the
 cells rest on dozens of people and the group key is her value (round 10's "uncorrelated
 scalar subqueries over people", and round 14's SEMI join, again). The second branch
@@ -13,7 +13,7 @@ scalar subqueries over people", and round 14's SEMI join, again). The second bra
 The second break is a window "within a person" that is not: PARTITION BY a person key taken
 from a LEFT JOINed source. Every row the join did not match has NULL there, and all of them,
 of every person, fall in one partition, so a window aggregate copies one person's value onto
-everyone's rows (``_check_windows`` asks only that the partition column be a person key).
+everyone's rows (``check_windows`` asks only that the partition column be a person key).
 
 A fix may refuse the query, suppress the cells, or count the people behind them properly:
 each passes.

@@ -19,7 +19,7 @@ Under ``dp`` the same subquery, which is empty without her, lets her move a coun
 everyone to zero.
 
 The second break is round 15's window again, one derived table further out. A window must be
-partitioned by a person key from a source no outer join pads (``_check_windows`` asks
+partitioned by a person key from a source no outer join pads (``check_windows`` asks
 ``padded_sources`` of the window's own select), but a derived table can do the padding and
 pass the NULL key on: ``d`` selects ``q.person_id AS pid`` from ``patients p LEFT JOIN
 patients q ON q.person_id = p.person_id AND 1 = 0``, so ``d.pid`` is NULL on every row, is a

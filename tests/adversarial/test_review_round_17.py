@@ -13,7 +13,7 @@ counted exactly; under cell_key every released count is exact, and the exact cou
 regime promises no one can get, cell by cell, in one query.
 
 **ORDER BY ALL ranks suppressed cells.** The outer query may not be ordered by an aggregate
-(``_check_outer``), by expression or by position, but ``ORDER BY ALL`` is neither: DuckDB
+(``check_outer``), by expression or by position, but ``ORDER BY ALL`` is neither: DuckDB
 orders by every output column left to right, so an aggregate first orders the released rows
 by its exact, unsuppressed values.
 

@@ -35,7 +35,7 @@ the *last* output of that name (``SELECT p.practice_code AS n, COUNT(*) AS n ...
 n`` orders by the count), and binds an alias inside an ORDER BY expression to the output
 (``ORDER BY c % 5, k``, which sqlglot regenerates as written). The second gives every
 released count of a threshold query exactly, from its rounded value and its position.
-(``_check_union_order`` uses the same ``_names_aggregate``.)
+(``check_union_order`` uses the same ``_names_aggregate``.)
 
 A fix may refuse such a query (a 4xx), or answer it safely: each passes.
 """

@@ -2,7 +2,7 @@
 
 **Two output columns with the same released name: disclosure control finds a column by its
 name, and the name is not unique.** Round 22 made the names of one SELECT unique, but it
-checks the *qualified* names (``_check_output_names``), while the names the caller sees and
+checks the *qualified* names (``check_output_names``), while the names the caller sees and
 that disclosure control works with are the *display* names (``OutputColumn.name``, from
 ``_output_name``): the alias as typed, or for an unaliased column the lower-cased expression
 text, or ``col_<i>`` past 60 characters. sqlglot gives an unaliased aggregate the qualified

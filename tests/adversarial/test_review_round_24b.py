@@ -28,7 +28,7 @@ with NULLs gets "no":
   g.person_id AND DAY(g.event_date) % 2 = 0`` (the fix of an earlier round for exactly this
   join, without the parentheses, gives cells_per_person = L): five such keys put one person
   in 32 cells with cells_per_person = 1; one person moves the bounded count by 157, bound 5.
-- *Windows across people* (``_check_windows`` via ``may_be_null``, rounds 15 and 16): a
+- *Windows across people* (``check_windows`` via ``may_be_null``, rounds 15 and 16): a
   window ``PARTITION BY h.person_id`` over ``LEFT JOIN (hospital_admissions h) ON
   h.person_id = g.person_id AND h.admission_date < DATE '1900-01-01'`` has one NULL
   partition holding everyone's GP events. ``ROW_NUMBER() OVER (... ORDER BY CASE WHEN

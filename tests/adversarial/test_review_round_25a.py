@@ -1,9 +1,9 @@
 """The breaks of review round 25a, kept as tests (docs/security.md lists every round).
 
 **DISTINCT ON a person key that an outer join pads picks rows across people.**
-``_check_distinct_on`` (``gateway/sql/analysis.py``) allows ``DISTINCT ON`` in a subquery
+``check_distinct_on`` (``gateway/sql/analysis.py``) allows ``DISTINCT ON`` in a subquery
 when one of its keys is a person key, "one row per person". It asks ``is_person_key`` only,
-not ``may_be_null`` (as ``_check_windows`` has since rounds 15 and 16): the key of a source
+not ``may_be_null`` (as ``check_windows`` has since rounds 15 and 16): the key of a source
 an outer join pads is NULL on every unmatched row, and NULL is one group. ``DISTINCT ON
 (z.person_id, a.snomed_code, b.snomed_code, c.snomed_code)`` over ``LEFT JOIN gp_events z
 ON z.person_id = a.person_id AND z.event_date < DATE '1900-01-01'`` (never matching) keeps

@@ -1,6 +1,6 @@
 """The breaks of review round 25b, kept as tests (docs/security.md lists every round).
 
-**A summed measure's own source may repeat its rows.** ``_check_measure_rows_once`` in
+**A summed measure's own source may repeat its rows.** ``check_measure_rows_once`` in
 ``gateway/sql/analysis.py`` requires every *other* source of the outer query to hold at most
 one row per person, so that a summed measure's rows count once (review round 12). The source
 the measure is read from is skipped, and it may be a derived table (a CTE) that joins the

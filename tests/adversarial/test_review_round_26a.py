@@ -1,6 +1,6 @@
 """The breaks of review round 26a, kept as tests (docs/security.md lists every round).
 
-**A derived table "grouped by person" that is not one row per person.** ``_one_per_person``
+**A derived table "grouped by person" that is not one row per person.** ``one_per_person``
 in ``gateway/sql/analysis.py`` takes a derived table to hold at most one row per person when
 its GROUP BY holds a person key and no *column* that is not one. A key that is an expression
 (a CASE over the codes) is not a column, so ``GROUP BY g.person_id, CASE WHEN g.snomed_code <
@@ -16,10 +16,10 @@ people: raw 51, released 7685 - 7634 = 51). Review round 26b found the same.
 **The analysis runs for minutes on a short query, outside every time limit.** Two recursive
 walks in ``gateway/sql/analysis.py`` follow derived tables without remembering what they have
 seen, and a chain of CTEs, each reading the one before twice, makes them exponential:
-- ``_reads_people`` (from ``_check_person_links``, for every query): ``c_i AS (SELECT
+- ``reads_people`` (from ``check_person_links``, for every query): ``c_i AS (SELECT
   a.lsoa_code FROM c_{i-1} a JOIN c_{i-1} b ON ...)`` over lsoa_lookup, twelve deep (1,071
   characters), takes about 100 s to analyse;
-- ``lineage`` (from ``_check_measure_filters``, for a query summing a measure): ``c_i AS
+- ``lineage`` (from ``check_measure_filters``, for a query summing a measure): ``c_i AS
   (SELECT c_{i-1}.person_id, GREATEST(c_{i-1}.x, c_{i-1}.x) AS x FROM c_{i-1})``, twenty deep
   (1,550 characters), about 70 s; each level more doubles it.
 The time limit (``deadline``) starts when the engine slot is taken, after the analysis, so
@@ -79,7 +79,7 @@ def test_a_derived_table_grouped_by_person_and_an_expression_repeats_a_measure(s
 
 
 def test_ctes_reading_the_one_before_twice_hold_the_analysis_for_minutes(server):
-    """_reads_people walks every path through the CTEs: 2^12 paths, about 100 s."""
+    """reads_people walks every path through the CTEs: 2^12 paths, about 100 s."""
     ctes = ["c0 AS (SELECT l.lsoa_code FROM lsoa_lookup l)"]
     for i in range(1, 13):
         ctes.append(f"c{i} AS (SELECT a.lsoa_code FROM c{i - 1} a JOIN c{i - 1} b "

@@ -1,9 +1,9 @@
 """The breaks of review round 26b, kept as tests (docs/security.md lists every round).
 
 **A derived table grouped by the person key and an expression passes as one row per person.**
-``_check_measure_rows_once`` (``gateway/sql/analysis.py``, review rounds 12 and 25) lets a
+``check_measure_rows_once`` (``gateway/sql/analysis.py``, review rounds 12 and 25) lets a
 summed measure be joined only to sources with at most one row per person; for a derived
-table, ``_one_per_person`` takes "grouped by the person key" as the proof. It refuses a
+table, ``one_per_person`` takes "grouped by the person key" as the proof. It refuses a
 derived table whose GROUP BY holds another key beside the person key only when that key is a
 bare ``exp.Column``: ``GROUP BY e.person_id, e.rn`` is refused, but the same key written
 ``(e.rn)`` (a Paren), or any expression (``CASE WHEN e.rn = 1 THEN 'A' ELSE 'B' END``),

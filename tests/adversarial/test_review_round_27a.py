@@ -12,7 +12,7 @@ on the copy. (The time limit, ``deadline``, starts only when the engine slot is 
   engine refuses the megabytes of SQL with a parser error, a 400), the server grows by about
   2 GB, and the audit entry holds 2.9 MB of executed SQL; each step more doubles all three.
 - ``GROUP BY 1, 1, 1, ...`` (or ``GROUP BY k, k, k, ...``, or the positions inside GROUPING
-  SETS, expanded by ``_expand_margin_positions``) copies the output column once per position:
+  SETS, expanded by ``expand_margin_positions``) copies the output column once per position:
   a CASE of 250 branches grouped by position 300 times (10,099 characters) is answered (200)
   after about 45 s, past the engine's limit of 30 s, with a 3 MB audit entry.
 Six such requests at once each took 110 s; a few dozen hold every server thread.

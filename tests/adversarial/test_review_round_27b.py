@@ -1,6 +1,6 @@
 """The breaks of review round 27b, kept as tests (docs/security.md lists every round).
 
-**An outer join's ON clause links people it does not join.** ``_check_person_links``
+**An outer join's ON clause links people it does not join.** ``check_person_links``
 (``gateway/sql/analysis.py``) requires every person-level source of a select to be joined on
 person_id, by union-find over the person-key equalities that are top-level conjuncts of the
 WHERE *and of every JOIN's ON*. But the ON of a LEFT (RIGHT, FULL) join does not restrict the
@@ -11,8 +11,8 @@ rows of the side it preserves: in
 
 the equalities link q~d and h~d, so q and h pass as "joined on person_id", while every
 admission is paired with every patient (d is NULL where they differ). Nor does
-``_check_measure_rows_once`` see it: beside the summed measure, ``patients`` and ``deaths``
-are tables with one row per person (``_one_per_person`` asks what the table is, not how it
+``check_measure_rows_once`` see it: beside the summed measure, ``patients`` and ``deaths``
+are tables with one row per person (``one_per_person`` asks what the table is, not how it
 is joined).
 
 Two uses, each one query:

@@ -1,7 +1,7 @@
 """The breaks of review round 28a, kept as tests (docs/security.md lists every round).
 
 **A later RIGHT or FULL join makes the sides it preserves look padded.** Round 27's fix to
-``_check_person_links`` (``gateway/sql/analysis.py``) lets an outer join's ON equalities only
+``check_person_links`` (``gateway/sql/analysis.py``) lets an outer join's ON equalities only
 *attach* a component made of padded sources (``padded_sources``) to the people already
 joined. But ``padded_sources`` answers "may this alias be NULL on some row", for the whole
 FROM clause, not "is this the side this join pads": a FULL JOIN marks every source before it
@@ -26,15 +26,15 @@ reference table beside people's rows if some top-level equality ties its key to 
 person-level column, and it looks for that equality in the WHERE and in *every* join's ON,
 outer joins' too. ``CROSS JOIN lsoa_lookup l LEFT JOIN deaths d ON l.lsoa_code = p.lsoa_code
 AND ...`` passes, though the LEFT JOIN's ON filters nothing: every admission is repeated for
-every area. ``_check_measure_rows_once`` takes a reference table for one row per person
-(``_one_per_person`` asks what the table is, not how it is joined), so a summed length of
+every area. ``check_measure_rows_once`` takes a reference table for one row per person
+(``one_per_person`` asks what the table is, not how it is joined), so a summed length of
 stay is repeated in one cell per area, tagged apart. Leave one resident out of one area's
 copy (``l.lsoa_code = 'A' OR h.person_id NOT IN (<her>)``): both cells rest on every
 resident with admissions (1415), pass dominance, and threshold releases sums exact. The
 difference is her exact total (seen 11143 - 11021 = 122, raw 122).
 
 **A CTE that shadows an outer CTE of its name is counted as reading itself once.**
-``_check_expanded_size`` (review round 26) expands every CTE reference and refuses past 64
+``check_expanded_size`` (review round 26) expands every CTE reference and refuses past 64
 scans, but it keys CTE bodies by name alone, and a reference to a name already being expanded
 counts 1 (it takes it for recursion). In DuckDB a nested ``WITH a AS (... FROM a x JOIN a y
 ...)`` reads the *outer* ``a``: twelve such levels, each reading the one outside twice, are

@@ -1,7 +1,7 @@
 """The breaks of review round 29, kept as tests (docs/security.md lists every round).
 
 **A later outer join's ON attaches any padded source, not only the one it joins.** Round 27's
-fix to ``_check_person_links`` (``gateway/sql/analysis.py``) lets the equalities in a LEFT
+fix to ``check_person_links`` (``gateway/sql/analysis.py``) lets the equalities in a LEFT
 JOIN's ON only *attach* a component made of padded sources (``only_padded``) to the people
 already joined, and round 28 refused RIGHT and FULL joins, which pad the sources before them.
 But a source is padded by its *own* LEFT JOIN too, whatever that join's ON says: ``LEFT JOIN
@@ -14,8 +14,8 @@ makes ``h`` a padded component of its own, and the ON of a *later* LEFT JOIN the
 
 passes as "joined on person_id", though ``d``'s ON filters none of the (q, h) pairs: every
 patient is paired with every admission, round 27's attack again. Nor does
-``_check_measure_rows_once`` see it: beside the summed measure, ``patients`` and ``deaths``
-hold one row per person (``_one_per_person`` asks what the table is, not how it is joined).
+``check_measure_rows_once`` see it: beside the summed measure, ``patients`` and ``deaths``
+hold one row per person (``one_per_person`` asks what the table is, not how it is joined).
 The row's person is ``COALESCE(q.person_id, ...)``, so each cell rests on every patient.
 
 * **One person's exact total length of stay.** Keep the admissions of one resident (alone in

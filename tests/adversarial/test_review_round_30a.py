@@ -1,7 +1,7 @@
 """The breaks of review round 30a, kept as tests (docs/security.md lists every round).
 
 **An outer join's equalities attach the source it pads, and then whatever that source was
-just attached to.** Round 29's fix to ``_check_person_links`` (``gateway/sql/analysis.py``)
+just attached to.** Round 29's fix to ``check_person_links`` (``gateway/sql/analysis.py``)
 lets a LEFT JOIN's ON equalities only *attach* the source that join pads (``mine``), and only
 while ``only_padded(mine)``: while every source in mine's component is padded. But the attach
 pairs of one ON are applied one after the other, and each merge grows mine's component. With
@@ -19,7 +19,7 @@ the original order (``d = q`` first) the same query is refused, so the rule's an
 on the order of two conjuncts. A chain of LEFT JOINs does the same with each ON in the
 "right" order (``LEFT JOIN deaths d ON d.person_id = h.person_id LEFT JOIN deaths e ON
 e.person_id = d.person_id AND e.person_id = q.person_id``: ``d`` joins ``h``, ``e`` joins
-``{d, h}``, then ``q``). ``_check_measure_rows_once`` does not see it (patients and deaths hold
+``{d, h}``, then ``q``). ``check_measure_rows_once`` does not see it (patients and deaths hold
 one row per person, whatever the join), and ``_row_person`` is ``COALESCE(q.person_id, ...)``,
 so every cell rests on every patient.
 
@@ -34,7 +34,7 @@ so every cell rests on every patient.
 * **Under ``dp``** the same pairing lets one person move ``COUNT(*)`` by every resident
   times her admissions (seen 0 to 57096) against noise calibrated for a bound of 5.
 
-The same merge-then-attach happens in every scope that ``_check_person_links`` judges: a
+The same merge-then-attach happens in every scope that ``check_person_links`` judges: a
 correlated ``EXISTS`` (tied to the outer person through ``{e, x}``), a derived table with a
 window ``MAX(h.length_of_stay) OVER (PARTITION BY q.person_id)`` over the pairs, and a WHERE
 equality between two padded sources (``... LEFT JOIN deaths d ON TRUE ... WHERE h.person_id =
@@ -140,7 +140,7 @@ def test_an_attached_padded_source_is_bounded_under_dp(server, raw):
 
 
 def _other_scopes(her: str) -> dict[str, str]:
-    """The same merge in the other scopes ``_check_person_links`` judges."""
+    """The same merge in the other scopes ``check_person_links`` judges."""
     return {
         # one bit a query about her stays, for every dead resident at once
         "a correlated EXISTS": f"""

@@ -5,7 +5,7 @@ This round attacked the run-time person-link assertion added after round 30
 more person-level sources it adds ``CASE WHEN LEAST(keys) <> GREATEST(keys) THEN error(...)
 ELSE TRUE END`` to WHERE, "so that a join the proof wrongly took for a link is refused, not
 released" (docs/security.md, docs/architecture.md). No new hole was found in the static proof
-(``_check_person_links``) itself; what was found is that the second line does not hold on its
+(``check_person_links``) itself; what was found is that the second line does not hold on its
 own, which is the one thing it is there for.
 
 **A derived table's listed person key can be NULL on rows whose values are real.** The keys
@@ -56,8 +56,8 @@ type coercion in LEAST/GREATEST (every person key is a bare BIGINT column); the 
 optimised away or pushed into a LEFT JOIN (DuckDB keeps it above the join, and a row that
 survives WHERE has passed it); a NULL-keyed derived table under the proof (a NULL key never
 satisfies a linking equality); repeating one person's rows under a summed measure or in a
-COUNT(*) taken for people (``_check_measure_rows_once``, ``_measure_rows_once_below``,
-``_one_per_person``, ``_one_row_per_person``, ``_check_lookups`` each held: every non-FROM
+COUNT(*) taken for people (``check_measure_rows_once``, ``_measure_rows_once_below``,
+``one_per_person``, ``_one_row_per_person``, ``_check_lookups`` each held: every non-FROM
 source needs a filtering equality or its own ON on a declared key). Also seen, without a leak:
 a nested join written without parentheses (``JOIN h JOIN d ON ... ON ...``) is in the
 analysis, but ``_filter_scans`` replaces the carrying table ``h`` by a filtered subquery and
@@ -144,7 +144,7 @@ def shapes(raw) -> dict[str, str]:
 def _proof_off(monkeypatch) -> None:
     """The first line switched off, as tests/unit/gateway/test_person_link_check.py does: a
     proof that is wrong is a failure these tests cannot cause for real."""
-    monkeypatch.setattr(analysis_module, "_check_person_links", lambda scope, cat: None)
+    monkeypatch.setattr(analysis_module, "check_person_links", lambda scope, cat: None)
 
 
 @pytest.mark.parametrize("name", [

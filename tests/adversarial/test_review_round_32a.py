@@ -1,7 +1,7 @@
 """Review round 32a, kept as tests (docs/security.md lists every round).
 
 This round attacked the two layers that guard person links after round 31: the static proof
-(``_check_person_links`` in ``gateway/sql/analysis.py``) and the engine's check
+(``check_person_links`` in ``gateway/sql/analysis.py``) and the engine's check
 (``_assert_person_links`` in ``gateway/sql/rewrite.py``), which gives every derived table that
 passes a person key on a hidden ``__sdc_pid`` (``_carry_person``) and, in every select reading
 two or more person sources, stops the query on a row holding two people.
@@ -39,7 +39,7 @@ No leak (the query fails whole); a wrong answer to a fair query, and a regressio
 
 Root cause: ``_carry_person`` (``gateway/sql/rewrite.py``) counts aggregates of nested
 subqueries as the select's own; it should ignore an aggregate whose enclosing select is not
-this one (``agg.find_ancestor(exp.Select) is select``, as ``_aggregates_of`` in the analysis
+this one (``agg.find_ancestor(exp.Select) is select``, as ``aggregates_of`` in the analysis
 does).
 
 **2. The engine's check does not cover a derived table that reads people without passing
@@ -82,10 +82,10 @@ What held (not kept as tests):
   person only (its own subqueries must be tied); a lookup must be keyed to a local person
   column. DuckDB and sqlglot bind the same names (select aliases before outer columns, table
   columns before aliases in GROUP BY), tested directly.
-* UNION inside derived tables: a branch may not pass person_id on (``_check_person_key_use``),
+* UNION inside derived tables: a branch may not pass person_id on (``check_person_key_use``),
   so a UNION is a summary, refused beside people, and cannot be the only outer source.
 * One row per person and measure rows once: ``_one_row_per_person`` accepts base tables only;
-  ``_one_per_person`` refuses GROUP BY ALL and any key but a non-padded person key.
+  ``one_per_person`` refuses GROUP BY ALL and any key but a non-padded person key.
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def test_with_the_proof_switched_off_a_summary_beside_people_is_stopped_by_the_e
     sql, registered = _her_date_beside_everyone(raw)
     with pytest.raises(SqlRejected, match="summarises people without person_id"):
         planned(sql, catalogue)  # the first line holds ...
-    monkeypatch.setattr(analysis_module, "_check_person_links", lambda scope, cat: None)
+    monkeypatch.setattr(analysis_module, "check_person_links", lambda scope, cat: None)
     try:
         plan = planned(sql, catalogue)
     except SqlRejected:

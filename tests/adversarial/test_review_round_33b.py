@@ -8,8 +8,8 @@ below fails on the code as reviewed; a fix may refuse the query (a 4xx) or answe
 
 **1. A numeric literal Python cannot read: ``SUM(1e)`` is a 500 in the analysis (every
 regime).** sqlglot's tokenizer takes ``1e`` (a mantissa with an empty exponent) as one number
-literal, ``Literal(this='1e', is_string=False)``. ``_is_indicator`` in
-``gateway/sql/analysis.py`` (called by ``_shape`` from ``_check_outer`` for every SUM or AVG
+literal, ``Literal(this='1e', is_string=False)``. ``is_indicator`` in
+``gateway/sql/analysis.py`` (called by ``shape_of`` from ``check_outer`` for every SUM or AVG
 on the outer query, and by ``dp_rewrite._statistic``) does ``float(node.this)`` on any number
 literal, and ``float('1e')`` raises ``ValueError``. Nothing in ``analyse`` maps it to a
 refusal, so ``Pipeline.run`` turns it into ``500 internal_error`` (stage ``analyse``), for
@@ -28,12 +28,12 @@ BY k``. Raw DuckDB answers it (the living are ``('F', NULL)`` and ``('M', NULL)`
 same query without ORDER BY is released. The project is charged its epsilon for the 500.
 
 **3. A chain of a few hundred CTEs is a 500 in the analysis (RecursionError).**
-``_check_expanded_size`` in ``gateway/sql/analysis.py`` counts a query's scans with every CTE
+``check_expanded_size`` in ``gateway/sql/analysis.py`` counts a query's scans with every CTE
 reference expanded by a recursive ``scans`` (three Python frames per CTE), before any other
 limit has looked at the chain: the SQL is only 13,000 characters (under ``max_sql_chars``)
 and 8 levels deep (under ``max_sql_depth``), since a WITH list is wide, not deep. At about
 335 CTEs, each reading the one before (``c1 AS (SELECT a, b FROM c0), c2 AS (SELECT a, b FROM
-c1), ...``), the walk passes Python's recursion limit. ``_parse`` maps a RecursionError to
+c1), ...``), the walk passes Python's recursion limit. ``parse_statements`` maps a RecursionError to
 ``400 sql_too_deep``, but the later stages do not, so ``Pipeline.run`` answers ``500
 internal_error`` (stage ``analyse``). A chain of 300 is refused properly (``sql_too_complex``:
 more than 64 tables once expanded), which is what a longer one should get too.
@@ -88,7 +88,7 @@ def test_a_number_literal_python_cannot_read_is_not_a_500(server, regime, sql):
     resp = _ask(server, REGIMES[regime], sql)
     assert resp.status_code < 500, (
         f"{regime}: {sql!r} gave {resp.status_code} {resp.text[:200]}: float('1e') in "
-        "_is_indicator raised ValueError in the analysis")
+        "is_indicator raised ValueError in the analysis")
 
 
 TUPLE_KEY = ("SELECT (p.sex, d.place_of_death) AS k, COUNT(*) AS n FROM patients p "
@@ -128,4 +128,4 @@ def test_a_long_cte_chain_is_refused_not_a_500(server):
     resp = query_as(server, PLANNER, sql)
     assert resp.status_code < 500, (
         f"a chain of 400 CTEs ({len(sql)} characters) gave {resp.status_code} "
-        f"{resp.text[:200]}: RecursionError in _check_expanded_size")
+        f"{resp.text[:200]}: RecursionError in check_expanded_size")

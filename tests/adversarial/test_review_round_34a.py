@@ -12,7 +12,7 @@ The target is always "the one resident born in <yob> living in <lsoa>", found in
 date a query.** Round 33 moved the caller's LIMIT out of the engine: ``_user_limit`` (in
 ``gateway/sql/rewrite.py``) reads the LIMIT of the root of the tree and ``_first``
 (``gateway/pipeline.py``) takes it after ``_withhold_small_groups``. But the analysis allows a
-LIMIT on any outer select (``_check_nodes``: ``node.parent is tree or _is_in(node.parent,
+LIMIT on any outer select (``check_nodes``: ``node.parent is tree or is_in(node.parent,
 outers)``), and a parenthesised UNION branch is one of the outer selects:
 
     (SELECT CASE WHEN <her> AND (a.rn - 1) * <her events> + b.rn <= <value>

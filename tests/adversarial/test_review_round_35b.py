@@ -12,7 +12,7 @@ qualifier leaves such a name as an unqualified ``Column`` with no table (``"p"``
 ``scope.sources.get(col.table)``: the empty table matches no source, so the name is never
 resolved to any catalogue column, gives no ``ColumnUse`` (so ``policies/decision.py`` never
 judges it), and is never checked for its class. ``lineage`` does not follow it either
-(``_owner(scope, "")`` is None), so the rules on a summed measure do not see it. The engine then
+(``owning_scope(scope, "")`` is None), so the rules on a summed measure do not see it. The engine then
 casts the struct to text, ``{'spell_id': ..., 'person_id': ..., 'nhs_number': ..., ...}``,
 and ``LIKE`` reads any field of it. Three uses:
 
@@ -29,8 +29,8 @@ and ``LIKE`` reads any field of it. Three uses:
   answered (epsilon spent), and the exact bounded SQL it runs, on ``raw``, counts people by
   their registration date.
 - *One person's exact total length of stay from one query (threshold, released exact).* The
-  summed measure may appear nowhere but in its SUM (``_check_measure_filters``), and no key
-  may be computed from it (``_check_measure_cells``): both follow lineage, which skips the
+  summed measure may appear nowhere but in its SUM (``check_measure_filters``), and no key
+  may be computed from it (``check_measure_cells``): both follow lineage, which skips the
   struct. ``SELECT CASE WHEN <her year of birth and small area> OR CAST(h AS VARCHAR) LIKE
   '%''length_of_stay'': L,%' THEN 'x' ELSE 'y' END AS k, SUM(h.length_of_stay) AS s FROM
   hospital_admissions h JOIN patients p ON ... GROUP BY 1`` puts her admissions beside M

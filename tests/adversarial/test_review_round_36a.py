@@ -17,9 +17,9 @@ suppressed as secondary.
 the outer table named inside a correlated EXISTS, and ``p.*`` / ``*`` inside a function are
 each refused (round 35's ``TableColumn`` check and the refusal of stars).
 
-**3. GROUP BY ALL.** ``_check_measure_cells`` reads keys with ``group_keys``, which gives
+**3. GROUP BY ALL.** ``check_measure_cells`` reads keys with ``group_keys``, which gives
 nothing for ``GROUP BY ALL``, so its "key computed from the summed measure" rule does not
-see them. The measure-use rule (``_check_measure_filters``) still refuses every such key,
+see them. The measure-use rule (``check_measure_filters``) still refuses every such key,
 including one that uses every column the measure is computed from.
 
 Also looked at, and held: ``_first`` (a LIMIT taken after withholding, including LIMIT 0 and

@@ -8,7 +8,7 @@ the code as reviewed; a fix may refuse the query (a 4xx) or answer it correctly.
 
 **1. A count of cases written with a decimal 1 is a 500** (threshold and ``cell_key``). ``SELECT
 p.sex, SUM(CASE WHEN g.value > 50 THEN 1.0 ELSE 0 END) AS n FROM patients p JOIN gp_events g
-ON g.person_id = p.person_id GROUP BY 1`` is an ordinary count of cases: ``_is_indicator`` in
+ON g.person_id = p.person_id GROUP BY 1`` is an ordinary count of cases: ``is_indicator`` in
 ``gateway/sql/analysis.py`` reads ``1.0`` as a 0/1 indicator (``_number``), so the column is a
 "count". In DuckDB ``1.0`` is a DECIMAL literal, so the SUM, and the per-person maximum that
 the single pass (``_single_pass``, ``__rows<i>``) or the row-bound query (``row_bound``)

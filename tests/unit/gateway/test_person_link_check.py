@@ -1,6 +1,6 @@
 """The person links the analysis proves are checked again by the engine, on every row.
 
-``_check_person_links`` (gateway/sql/analysis.py) refuses person-level sources that are not
+``check_person_links`` (gateway/sql/analysis.py) refuses person-level sources that are not
 all joined on person_id. Review rounds 25 to 29 each found a join it took for a link that in
 fact paired one person's rows with everyone's: the sums by sex were N times one woman's exact
 length of stay, each cell resting on thousands of people. The rewrite now also asks the
@@ -9,7 +9,7 @@ engine to stop the query on any row whose people's keys differ
 the query instead of releasing the pairs.
 
 To test that second line alone, the first is switched off here: a proof that is wrong is a
-failure these tests cannot cause for real, so ``_check_person_links`` is replaced by one that
+failure these tests cannot cause for real, so ``check_person_links`` is replaced by one that
 accepts everything. The attacks are the shapes of rounds 27 to 29 and their plain forms.
 """
 
@@ -76,7 +76,7 @@ def test_with_the_proof_switched_off_the_engine_still_refuses_the_pairs(
     sql = attacks(raw)[name]
     with pytest.raises(SqlRejected, match="not all joined on person_id"):
         planned(sql, catalogue)  # the first line holds ...
-    monkeypatch.setattr(analysis_module, "_check_person_links", lambda scope, cat: None)
+    monkeypatch.setattr(analysis_module, "check_person_links", lambda scope, cat: None)
     plan = planned(sql, catalogue)  # ... and, without it, the query is planned
     for query in executed(plan):
         with pytest.raises(SqlRejected) as refused:
@@ -116,7 +116,7 @@ def test_over_http_the_engines_refusal_is_a_400_in_the_error_shape_and_audited(
     """The same second line, through the real app: a 400 person_link_broken with a hint, an
     audit entry that records it, no rows, and the server answers the next query."""
     sql = attacks(raw)["a comma join"]
-    monkeypatch.setattr(analysis_module, "_check_person_links", lambda scope, cat: None)
+    monkeypatch.setattr(analysis_module, "check_person_links", lambda scope, cat: None)
     resp = server.query("p.jones", sql + " -- link check over HTTP", "JOINT-PLANNING",
                         "planning")
     assert resp.status_code == 400, resp.text
