@@ -18,6 +18,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+from gateway import pipeline as pipeline_module
 from gateway.settings import Settings
 from gateway.sql.rewrite import _filter_scans
 from policies import Caller, Facts, decide
@@ -66,7 +67,7 @@ def main() -> None:
                                today=date(2026, 11, 23)))
     pipeline = live.app.state.pipeline
     control_time: list[float] = []
-    original_control = pipeline._control
+    original_control = pipeline_module.release
 
     def timed_control(*a, **kw):
         t0 = time.perf_counter()
@@ -75,7 +76,7 @@ def main() -> None:
         finally:
             control_time.append(time.perf_counter() - t0)
 
-    pipeline._control = timed_control
+    pipeline_module.release = timed_control
     token = live.token("p.jones")
     shares, rows = [], []
     for i, (name, _, sql) in enumerate(REALISTIC, start=1):

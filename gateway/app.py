@@ -158,7 +158,7 @@ def create_app(settings: Settings) -> FastAPI:
                          **api.errors(400, 401, 403, 413, 422, 429, 503, 504)})
     def submit_query(body: QueryBody, request: Request) -> JSONResponse:
         """Run one aggregate query under a project and purpose; returns the released table."""
-        # Already plain JSON values (pipeline._json_value): rendered directly, without
+        # Already plain JSON values (control.json_value): rendered directly, without
         # FastAPI's generic encoder walking the table again.
         return JSONResponse(pipeline.run(QueryRequest(
             request_id=request.state.request_id,

@@ -121,10 +121,10 @@ def test_contributions_are_per_person_totals_not_single_records(live, crafted):
                             analysis.columns, date(2026, 11, 23)),
                       plan_sql.policies, plan_sql.catalogue)
     plan = rewrite(analysis, decision.obligations, plan_sql.catalogue, 100)
-    from gateway.pipeline import _inline_contributions
+    from gateway.control import inline_contributions
 
     raw = plan_sql.engine.execute(plan.sql, timeout_s=10, row_cap=100)
-    got = _inline_contributions(plan, raw)  # per row: {column: (top, total, smallest)}
+    got = inline_contributions(plan, raw)  # per row: {column: (top, total, smallest)}
     want = duckdb.connect().execute(
         f"""WITH pp AS (SELECT s.person_id, sum(s.weekly_cost) AS t
                         FROM read_parquet('{crafted}/social_care.parquet') s
