@@ -20,7 +20,7 @@ from pathlib import Path
 
 from gateway import pipeline as pipeline_module
 from gateway.settings import Settings
-from gateway.sql.rewrite import _filter_scans
+from gateway.sql.scans import filter_scans
 from policies import Caller, Facts, decide
 
 ROOT = Path(__file__).resolve().parent
@@ -34,7 +34,7 @@ def filtered_only(pipeline, sql: str) -> str:
                   date(2026, 11, 23))
     obligations = decide(facts, pipeline.policies, pipeline.catalogue).obligations
     tree = analysis.tree.copy()
-    _filter_scans(tree, obligations, pipeline.catalogue)
+    filter_scans(tree, obligations, pipeline.catalogue)
     return tree.sql(dialect="duckdb")
 
 

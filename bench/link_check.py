@@ -4,7 +4,7 @@
 
 Every select that reads two or more people's sources carries, in its WHERE,
 ``CASE WHEN LEAST(keys) <> GREATEST(keys) THEN error(...) ELSE TRUE END``
-(``_assert_person_links`` in gateway/sql/rewrite.py). Each realistic query of
+(``assert_person_links`` in gateway/sql/scans.py). Each realistic query of
 tests/spec/realistic_queries.py that the Norfolk planner may run is sent once over HTTP; the
 queries the audit entry shows it executed (released query, contributions, row bound) are then
 run in DuckDB directly, as executed and with the check replaced by TRUE, interleaved round by

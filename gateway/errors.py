@@ -31,7 +31,7 @@ class GatewayError(Exception):
                           "reasons": self.reasons, "hint": self.hint}}
 
 
-#: what the engine raises when a row pairs two people's sources (gateway/sql/rewrite.py)
+#: what the engine raises when a row pairs two people's sources (gateway/sql/scans.py)
 PERSON_LINK_BROKEN = "sde-gateway: one row holds two people"
 #: ... and what the caller is told (gateway/engine.py)
 PERSON_LINK_MESSAGE = ("a row of the query pairs two different people: some join is not on "

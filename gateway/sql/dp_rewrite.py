@@ -28,10 +28,11 @@ from sqlglot.optimizer.scope import traverse_scope
 from datasets import Catalogue, ColumnClass, TableKind
 from gateway.errors import SqlRejected
 from gateway.sql.analysis import Analysis
-from gateway.sql.rewrite import _filter_scans, _row_person, _safe_casts, key_text
+from gateway.sql.people_behind import key_text, row_person
 from gateway.sql.rules.measures import is_indicator
 from gateway.sql.rules.people import bare_origin, is_person_key, may_be_null, padded_sources
 from gateway.sql.rules.size import too_complex_on_recursion
+from gateway.sql.scans import filter_scans, safe_casts
 from gateway.sql.tree import DIALECT, is_constant
 from policies import Obligations
 
@@ -86,12 +87,12 @@ def rewrite_dp(analysis: Analysis, obligations: Obligations, catalogue: Catalogu
                               "choose cells on exact values", hint=HINT,
                               code="output_not_allowed")
     tree = tree.copy()
-    _safe_casts(tree)
+    safe_casts(tree)
     scope = next(s for s in traverse_scope(tree) if s.expression is tree)
     if any(p.find(exp.Window) for p in tree.expressions):
         raise SqlRejected("window functions in the output are not available under "
                           "differential privacy", hint=HINT, code="output_not_allowed")
-    rowpid = _row_person(scope, catalogue)
+    rowpid = row_person(scope, catalogue)
     outputs = analysis.outputs
     keys = [i for i, o in enumerate(outputs) if o.kind == "group_key"]
     key_exprs = {i: tree.expressions[i].unalias().copy() for i in keys}
@@ -118,7 +119,7 @@ def rewrite_dp(analysis: Analysis, obligations: Obligations, catalogue: Catalogu
         tree.set(arg, None)
     one_cell = all(_person_grain(key_exprs[i], scope, catalogue) for i in keys)
     cells = 1 if one_cell else max_cells
-    _filter_scans(tree, obligations, catalogue)
+    filter_scans(tree, obligations, catalogue)
     source = tree.sql(dialect=DIALECT)
     having = ""
     if not one_cell:

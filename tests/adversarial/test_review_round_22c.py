@@ -3,7 +3,7 @@
 **Two output columns of one derived table with the same name: the gateway counts the person
 behind the second, the engine reads the first.** In ``(SELECT g.event_date AS k, g.person_id
 AS k, ...) s`` both columns are called ``k``. The analysis finds the derived table's person
-key by walking its projections (``_row_person``: the first projection that *is* a person
+key by walking its projections (``row_person``: the first projection that *is* a person
 key, the second ``k``) and then names it the only way SQL can: ``"s"."k"``. DuckDB binds
 ``s.k`` to the *first* column of that name, the event date. Every rule that rests on "the
 person behind each row" then works on event dates:

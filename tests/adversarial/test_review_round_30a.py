@@ -20,7 +20,7 @@ on the order of two conjuncts. A chain of LEFT JOINs does the same with each ON 
 "right" order (``LEFT JOIN deaths d ON d.person_id = h.person_id LEFT JOIN deaths e ON
 e.person_id = d.person_id AND e.person_id = q.person_id``: ``d`` joins ``h``, ``e`` joins
 ``{d, h}``, then ``q``). ``check_measure_rows_once`` does not see it (patients and deaths hold
-one row per person, whatever the join), and ``_row_person`` is ``COALESCE(q.person_id, ...)``,
+one row per person, whatever the join), and ``row_person`` is ``COALESCE(q.person_id, ...)``,
 so every cell rests on every patient.
 
 * **One person's exact total length of stay** (threshold). Keep the admissions of one

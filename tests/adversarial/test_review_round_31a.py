@@ -1,7 +1,7 @@
 """The breaks of review round 31a, kept as tests (docs/security.md lists every round).
 
 This round attacked the run-time person-link assertion added after round 30
-(``_assert_person_links`` in ``gateway/sql/rewrite.py``): in every select that reads two or
+(``assert_person_links`` in ``gateway/sql/rewrite.py``): in every select that reads two or
 more person-level sources it adds ``CASE WHEN LEAST(keys) <> GREATEST(keys) THEN error(...)
 ELSE TRUE END`` to WHERE, "so that a join the proof wrongly took for a link is refused, not
 released" (docs/security.md, docs/architecture.md). No new hole was found in the static proof
@@ -40,7 +40,7 @@ the second line alone), the plain cross join ``FROM patients q, t`` is then:
 * **Under dp**, one person moves the bounded count by thousands against a bound of 5.
 
 Root cause: ``_person_columns`` (``gateway/sql/rewrite.py``) takes a derived table's person
-to be its first person-key column, and ``_assert_person_links`` trusts a NULL there to mean
+to be its first person-key column, and ``assert_person_links`` trusts a NULL there to mean
 "no one's rows" (as it does for a padded base table). For a derived table that is not so: a
 NULL key says only that *one* of its sources was padded, not that its values are. (The proof
 would refuse every one of these queries today, as the first test checks; what fails is the
@@ -57,10 +57,10 @@ optimised away or pushed into a LEFT JOIN (DuckDB keeps it above the join, and a
 survives WHERE has passed it); a NULL-keyed derived table under the proof (a NULL key never
 satisfies a linking equality); repeating one person's rows under a summed measure or in a
 COUNT(*) taken for people (``check_measure_rows_once``, ``_measure_rows_once_below``,
-``one_per_person``, ``_one_row_per_person``, ``_check_lookups`` each held: every non-FROM
+``one_per_person``, ``one_row_per_person``, ``_check_lookups`` each held: every non-FROM
 source needs a filtering equality or its own ON on a declared key). Also seen, without a leak:
 a nested join written without parentheses (``JOIN h JOIN d ON ... ON ...``) is in the
-analysis, but ``_filter_scans`` replaces the carrying table ``h`` by a filtered subquery and
+analysis, but ``filter_scans`` replaces the carrying table ``h`` by a filtered subquery and
 drops the nested ``JOIN d`` from the executed SQL (a binder error, 400, where ``d`` is used),
 and ``padded_sources`` does not mark a nested outer join's sources as padded; every nested
 source still has to be linked by a filtering equality, which keeps it non-NULL.

@@ -37,7 +37,7 @@ testing ``isinstance(key, exp.Literal)``. But ``-1`` parses as ``Neg(Literal)`` 
 ``Paren(Literal)``, and DuckDB reads both as positions (``GROUP BY -1``: "GROUP BY term out of
 range"; ``GROUP BY (4)``: the fourth column of the regrouped select, an aggregate). So ``SELECT
 -1 AS k, p.sex, COUNT(*) AS n, SUM(h.length_of_stay) AS s ... GROUP BY ALL``, which raw DuckDB
-answers, is a ``400 query_failed (binder error)`` under threshold (``_single_pass``), under
+answers, is a ``400 query_failed (binder error)`` under threshold (``single_pass``), under
 cell_key (every count query takes the single pass there) and under dp (``rewrite_dp``), where
 it fails *after* the spend: the project is charged epsilon for a query the gateway broke
 itself. (``_contributions`` and ``row_bound`` group by the same expressions and would fail the

@@ -2,7 +2,7 @@
 
 This round attacked the two layers that guard person links after round 31: the static proof
 (``check_person_links`` in ``gateway/sql/analysis.py``) and the engine's check
-(``_assert_person_links`` in ``gateway/sql/rewrite.py``), which gives every derived table that
+(``assert_person_links`` in ``gateway/sql/rewrite.py``), which gives every derived table that
 passes a person key on a hidden ``__sdc_pid`` (``_carry_person``) and, in every select reading
 two or more person sources, stops the query on a row holding two people.
 
@@ -84,7 +84,7 @@ What held (not kept as tests):
   columns before aliases in GROUP BY), tested directly.
 * UNION inside derived tables: a branch may not pass person_id on (``check_person_key_use``),
   so a UNION is a summary, refused beside people, and cannot be the only outer source.
-* One row per person and measure rows once: ``_one_row_per_person`` accepts base tables only;
+* One row per person and measure rows once: ``one_row_per_person`` accepts base tables only;
   ``one_per_person`` refuses GROUP BY ALL and any key but a non-padded person key.
 """
 

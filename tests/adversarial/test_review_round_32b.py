@@ -30,7 +30,7 @@ cell_key, ``column_max`` reads 100 or 4 per column, and spells the cohort member
 rows and draws; here one query says sixteen independent bits of one chosen person, and any
 attribute a WHERE clause can test (a diagnosis, an area, a date) can be read the same way.
 Root cause: the rows factor is computed per column over cells that describe fewer than k
-people (``_row_bound``; ``row_max_index`` of ``_single_pass`` in ``gateway/sql/rewrite.py``,
+people (``_row_bound``; ``row_max_index`` of ``single_pass`` in ``gateway/sql/rewrite.py``,
 and the row-bound query likewise), and is then published per column (``_control``,
 ``_control_cell_key``), so that a column's disclosure metadata rests on one person.
 """

@@ -12,7 +12,7 @@ quasi-identifiers only.
 withheld (threshold and cell_key): one person's registration day, month and year, one query
 each.** Round 11 took the number of withheld rows out of the response, because it "counted
 small groups exactly (and, one bit at a time, found a date)". An outer ``ORDER BY key LIMIT
-n`` gives it back. The user's LIMIT stays in the executed SQL (``_single_pass`` in
+n`` gives it back. The user's LIMIT stays in the executed SQL (``single_pass`` in
 ``gateway/sql/rewrite.py`` keeps it; ``rewrite`` likewise), so the engine returns the first n
 groups, small ones included; ``_withhold_small_groups`` (``gateway/pipeline.py``) then drops
 the small ones, and nothing fills their places. The released rows are the first n rows less

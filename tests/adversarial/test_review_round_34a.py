@@ -9,7 +9,7 @@ The target is always "the one resident born in <yob> living in <lsoa>", found in
 
 **1. A LIMIT on a UNION branch still runs in the engine, before small groups are withheld
 (threshold and cell_key): round 33's first break, unchanged, one part of her registration
-date a query.** Round 33 moved the caller's LIMIT out of the engine: ``_user_limit`` (in
+date a query.** Round 33 moved the caller's LIMIT out of the engine: ``user_limit`` (in
 ``gateway/sql/rewrite.py``) reads the LIMIT of the root of the tree and ``_first``
 (``gateway/pipeline.py``) takes it after ``_withhold_small_groups``. But the analysis allows a
 LIMIT on any outer select (``check_nodes``: ``node.parent is tree or is_in(node.parent,
@@ -21,12 +21,12 @@ outers)``), and a parenthesised UNION branch is one of the outer selects:
     UNION ALL (SELECT 'total' AS k, COUNT(*) AS n FROM patients p)
 
 The branch's ``ORDER BY k LIMIT 40`` stays in the executed SQL (neither ``_rewrite`` nor
-``_user_limit`` looks at a branch), so the engine returns her ``<value>`` one-person groups
+``user_limit`` looks at a branch), so the engine returns her ``<value>`` one-person groups
 'A...' and the first ``40 - <value>`` of the big 'B...' groups; the 'A' rows are withheld and
 nothing takes their places. ``40`` minus the released 'B' rows is the value: with her
 registration day, month and year - 1994, three queries give 2013-03-17 (threshold, the Norfolk
 planner) and the cohort member's date (cell_key). Root cause: the LIMIT of a UNION branch is
-left to the engine (``rewrite._rewrite``, ``_user_limit`` reads only the root's).
+left to the engine (``rewrite._rewrite``, ``user_limit`` reads only the root's).
 
 **2. ORDER BY a parenthesised position sorts by a count (threshold and cell_key): her
 registration date, 16 bits, from one query.** ``ORDER BY 2`` naming a count is refused

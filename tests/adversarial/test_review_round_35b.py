@@ -16,7 +16,7 @@ judges it), and is never checked for its class. ``lineage`` does not follow it e
 casts the struct to text, ``{'spell_id': ..., 'person_id': ..., 'nhs_number': ..., ...}``,
 and ``LIKE`` reads any field of it. Three uses:
 
-- *Direct identifiers.* Under OUTBREAK-2026 (no residence rule, no opt-out) ``_filter_scans``
+- *Direct identifiers.* Under OUTBREAK-2026 (no residence rule, no opt-out) ``filter_scans``
   leaves ``patients`` unwrapped, so ``p`` is the raw row with ``nhs_number``,
   ``date_of_birth`` and ``postcode``, which "may not appear anywhere in a query". ``SELECT
   CAST(p AS VARCHAR) LIKE '%''date_of_birth'': ____-01-%' AS january, COUNT(DISTINCT

@@ -11,7 +11,7 @@ p.sex, SUM(CASE WHEN g.value > 50 THEN 1.0 ELSE 0 END) AS n FROM patients p JOIN
 ON g.person_id = p.person_id GROUP BY 1`` is an ordinary count of cases: ``is_indicator`` in
 ``gateway/sql/analysis.py`` reads ``1.0`` as a 0/1 indicator (``_number``), so the column is a
 "count". In DuckDB ``1.0`` is a DECIMAL literal, so the SUM, and the per-person maximum that
-the single pass (``_single_pass``, ``__rows<i>``) or the row-bound query (``row_bound``)
+the single pass (``single_pass``, ``__rows<i>``) or the row-bound query (``row_bound``)
 returns for it, arrive in Python as ``decimal.Decimal``. ``Pipeline._row_bound`` in
 ``gateway/pipeline.py`` then multiplies that maximum by the float ``spread``
 (``most * spread``): ``TypeError: unsupported operand type(s) for *: 'decimal.Decimal' and

@@ -1,7 +1,7 @@
 """Every row of a query belongs to one person: the static proof that person-level sources are
 joined on person_id, that subqueries over people are tied to the outer person, and that
 reference tables match at most one row per person row. The engine checks the same on the data
-(gateway.sql.rewrite, ``_assert_person_links``)."""
+(gateway.sql.rewrite, ``assert_person_links``)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ all joined on person_id. Review rounds 25 to 29 each found a join it took for a 
 fact paired one person's rows with everyone's: the sums by sex were N times one woman's exact
 length of stay, each cell resting on thousands of people. The rewrite now also asks the
 engine to stop the query on any row whose people's keys differ
-(``_assert_person_links`` in gateway/sql/rewrite.py), so that a mistake in the proof refuses
+(``assert_person_links`` in gateway/sql/scans.py), so that a mistake in the proof refuses
 the query instead of releasing the pairs.
 
 To test that second line alone, the first is switched off here: a proof that is wrong is a
