@@ -97,7 +97,7 @@ def needs_row_bound(analysis: Analysis, plan: Plan, raw: RawResult) -> bool:
 
 
 def release(analysis: Analysis, plan: Plan, raw: RawResult, output: Output,
-            contributions: RawResult | list[dict[int, Any]] | None = None,
+            contributions: list[dict[int, Any]] | None = None,
             per_person: dict[int, int] | None = None) -> dict[str, Any]:
     """The released body of a threshold or cell_key answer: every cell judged (the people
     behind it, dominance, rounding or perturbation), small groups withheld, secondary
@@ -123,7 +123,7 @@ def release(analysis: Analysis, plan: Plan, raw: RawResult, output: Output,
     controlled = apply_threshold(
         rows, names, [o.kind for o in plan.outputs], [o.is_count for o in plan.outputs],
         people, min_people=output.min_people, rounding_base=output.rounding_base,
-        contributions=_match_contributions(plan, raw, contributions), dominance=dominance,
+        contributions=contributions, dominance=dominance,
         column_bases=bases,
     )
     # Small groups are withheld first, and secondary suppression protects what is left,
@@ -162,7 +162,7 @@ def release(analysis: Analysis, plan: Plan, raw: RawResult, output: Output,
 
 
 def _release_cell_key(analysis: Analysis, plan: Plan, raw: RawResult, output: Output,
-                      contributions: RawResult | list | None, names: list[str],
+                      contributions: list[dict[int, Any]] | None, names: list[str],
                       rows: list[list[Any]], people: list[list[int | None]],
                       dominance: Dominance, per_person: dict[int, int]) -> dict[str, Any]:
     keys = [[row[i] if i is not None else None for i in plan.key_index] for row in raw.rows]
@@ -176,7 +176,7 @@ def _release_cell_key(analysis: Analysis, plan: Plan, raw: RawResult, output: Ou
         rows, names, [o.kind for o in plan.outputs], _shapes(analysis), people, keys,
         min_people=output.min_people, table=table,
         magnitude_share=output.ck_magnitude_share,
-        contributions=_match_contributions(plan, raw, contributions), dominance=dominance,
+        contributions=contributions, dominance=dominance,
         column_tables=scaled)
     if too_wide:
         cut = []
@@ -427,17 +427,14 @@ def inline_contributions(plan: Plan, raw: RawResult) -> list[dict[int, Any]]:
              for m, col in enumerate(c.measure_columns)} for row in raw.rows]
 
 
-def _match_contributions(plan: Plan, raw: RawResult,
-                         result: RawResult | list[dict[int, Any]] | None):
-    """Per released row, the contributions behind each SUM/AVG-of-measure cell (by group keys).
+def match_contributions(plan: Plan, raw: RawResult, result: RawResult
+                        ) -> list[dict[int, Any]]:
+    """Per released row, the contributions behind each SUM/AVG-of-measure cell, from the
+    separate contributions query (matched on the group keys).
 
     A row without a match gets None for its cells, which the dominance rule treats as
     dominated: unknown contributions are never assumed safe.
     """
-    if plan.contributions is None or result is None:
-        return None
-    if isinstance(result, list):  # a single pass's, row by row already
-        return result
     c = plan.contributions
     nkeys = len(c.key_columns)
     by_text = c.keyed_by_text and plan.key_text_index is not None

@@ -27,14 +27,13 @@ from gateway.control import (
     count_scales,
     inline_contributions,
     json_value,
+    match_contributions,
     needs_row_bound,
     release,
 )
 from gateway.disclosure import dp
 from gateway.disclosure.cellkey import SECRET_PARAM
-from gateway.disclosure.threshold import (
-    check_outputs,
-)
+from gateway.disclosure.threshold import check_outputs
 from gateway.engine import DuckDBEngine, RawResult
 from gateway.errors import (
     AuditUnavailable,
@@ -337,9 +336,9 @@ class Pipeline:
                         contributions = inline_contributions(plan, raw)
                     elif plan.contributions is not None:
                         record["contributions_sql"] = plan.contributions.sql
-                        contributions = self.engine.execute(
+                        contributions = match_contributions(plan, raw, self.engine.execute(
                             plan.contributions.sql, timeout_s=self.settings.query_timeout_s,
-                            row_cap=self.settings.row_cap, deadline=deadline)
+                            row_cap=self.settings.row_cap, deadline=deadline))
                     per_person = self._row_bound(analysis, plan, raw, record,
                                                  rounded=not cell_keys, deadline=deadline)
                 stage = timer.enter("control")
