@@ -34,7 +34,7 @@ def filtered_only(pipeline, sql: str) -> str:
                   date(2026, 11, 23))
     obligations = decide(facts, pipeline.policies, pipeline.catalogue).obligations
     tree = analysis.tree.copy()
-    filter_scans(tree, obligations, pipeline.catalogue)
+    filter_scans(tree, obligations, pipeline.catalogue, analysis.columns)
     return tree.sql(dialect="duckdb")
 
 

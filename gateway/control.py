@@ -360,6 +360,11 @@ def _row_shapes(plan: Plan, raw: RawResult) -> list[RowShape] | None:
     keys = [i for i, o in enumerate(plan.outputs) if o.kind != "aggregate"]
 
     def key_values(row) -> tuple:  # the key columns, aggregate positions blanked
+        if plan.key_text_index is not None:
+            # as the engine tells the keys apart, or finds them equal (a NaN inside a tuple
+            # key is equal to itself there, and not in Python: review round 37)
+            text = dict(zip(keys, row[plan.key_text_index], strict=True))
+            return tuple(text.get(i) for i in range(len(plan.outputs)))
         return tuple(row[i] if i in keys else None for i in range(len(plan.outputs)))
 
     if plan.grouping_index:

@@ -22,7 +22,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from datetime import time as dt_time
+from decimal import Decimal
 from typing import Any
 
 import opendp.prelude as dp
@@ -284,19 +288,56 @@ def _ordered(rows: list[list], pos: int, desc: bool, nulls_first: bool) -> list[
     from the last to the first orders by all of them."""
     nulls = [r for r in rows if r[pos] is None]
     values = [r for r in rows if r[pos] is not None]
-    values.sort(key=lambda row: _sort_key(row[pos]), reverse=desc)
+    dates = any(_holds_a_date(r[pos]) for r in values)
+    values.sort(key=lambda row: _sort_key(row[pos], dates), reverse=desc)
     return nulls + values if nulls_first else values + nulls
 
 
-def _sort_key(value: Any) -> tuple:
-    """A key Python can always compare: NULL after NaN after every value, inside a tuple key
-    too (``(p.sex, d.place_of_death)`` holds a NULL for the living: review round 33)."""
+#: a date or timestamp the engine hands Python as text, being outside Python's years (after
+#: 9999, or BC): ``10000-01-01``, ``0005-01-01 (BC)``, ``10000-01-01 10:00:00``
+_FAR_DATE = re.compile(r"(\d{4,})-(\d\d)-(\d\d)(?:[ T](\d\d):(\d\d):(\d\d)(?:\.(\d+))?)?( \(BC\))?")
+
+
+def _holds_a_date(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return any(_holds_a_date(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_a_date(v) for v in value.values())
+    return isinstance(value, date)
+
+
+def _sort_key(value: Any, dates: bool = False) -> tuple:
+    """A key Python can always compare, that orders as the engine does: NULL after NaN after
+    every value, inside a tuple key too (``(p.sex, d.place_of_death)`` holds a NULL for the
+    living: review round 33). Each value is tagged with its kind, so that no two kinds are
+    ever compared; and in a column that holds dates, a date outside Python's years, which
+    the engine hands over as text, is read back into the same scale as the others (review
+    round 37: a date after 9999 beside ordinary ones was a 500)."""
     if value is None:
         return (2,)
     if isinstance(value, float) and math.isnan(value):
         return (1,)
     if isinstance(value, list | tuple):
-        return (0, tuple(_sort_key(v) for v in value))
+        return (0, "seq", tuple(_sort_key(v, dates) for v in value))
     if isinstance(value, dict):
-        return (0, tuple(_sort_key(v) for v in value.values()))
-    return (0, value)
+        return (0, "seq", tuple(_sort_key(v, dates) for v in value.values()))
+    if isinstance(value, datetime):
+        return (0, "instant", (value.year, value.month, value.day, value.hour, value.minute,
+                               value.second, value.microsecond))
+    if isinstance(value, date):
+        return (0, "instant", (value.year, value.month, value.day, 0, 0, 0, 0))
+    if isinstance(value, str):
+        far = _FAR_DATE.fullmatch(value) if dates else None
+        if far is None:
+            return (0, "text", value)
+        year, *rest = (int(g or 0) for g in far.groups()[:6])
+        fraction = int((far.group(7) or "0").ljust(6, "0")[:6])
+        year = 1 - year if far.group(8) else year  # 1 BC is the year before 1 AD
+        return (0, "instant", (year, *rest, fraction))
+    if isinstance(value, bool):
+        return (0, "bool", value)
+    if isinstance(value, int | float | Decimal):
+        return (0, "number", value)
+    if isinstance(value, timedelta | dt_time):
+        return (0, type(value).__name__, value)
+    return (0, "other", str(value))

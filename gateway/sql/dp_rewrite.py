@@ -119,7 +119,7 @@ def rewrite_dp(analysis: Analysis, obligations: Obligations, catalogue: Catalogu
         tree.set(arg, None)
     one_cell = all(_person_grain(key_exprs[i], scope, catalogue) for i in keys)
     cells = 1 if one_cell else max_cells
-    filter_scans(tree, obligations, catalogue)
+    filter_scans(tree, obligations, catalogue, analysis.columns)
     source = tree.sql(dialect=DIALECT)
     having = ""
     if not one_cell:

@@ -73,8 +73,9 @@ class Plan:
     #: single pass: the hidden column holding, per cell, the most cells of the result any
     #: one of its people is in (in place of the row_bound query)
     cells_index: int | None = None
-    #: the hidden column holding the engine's text of each row's keys, to match the
-    #: contributions query's rows on (``key_text``)
+    #: the hidden column holding the engine's text of each row's keys (``key_text``), in
+    #: the order of the non-aggregate output columns: to match the contributions query's
+    #: rows on, and for secondary suppression to relate margins to their details by
     key_text_index: int | None = None
     #: the caller's LIMIT, applied after small groups are withheld: the engine runs to the
     #: row cap, so that a withheld row never leaves a gap a LIMIT would show (review round 33)

@@ -130,7 +130,7 @@ def row_bound(analysis: Analysis, obligations: Obligations, catalogue: Catalogue
                          for i in columns],
                        exp.alias_(exp.Max(this=exp.column("__cells")), "__cells")).from_(
         exp.Subquery(this=person, alias=exp.TableAlias(this=exp.to_identifier("__per"))))
-    filter_scans(query, obligations, catalogue)
+    filter_scans(query, obligations, catalogue, analysis.columns)
     return RowBound(query.sql(dialect=DIALECT), tuple(columns), asked=tuple(sorted(asked)))
 
 
@@ -213,13 +213,19 @@ def _rewrite(
             for b, branch in enumerate(branches):
                 branch.append("expressions", exp.alias_(exp.Literal.number(b), "__branch"))
             branch_index = width
+    # The engine's text of each row's keys: what the contributions query's rows are matched
+    # on, and what secondary suppression relates margins to their details by (Python's
+    # values of a key do not always tell apart what the engine does, nor find equal what it
+    # groups together: a NaN inside a tuple key, review round 37).
     key_text_index = None
-    if contributions is not None and contributions.keyed_by_text:
-        branch = outer_selects(tree)[0]  # a measure is refused in a UNION
-        key_text_index = len(branch.expressions)
-        branch.append("expressions", exp.alias_(key_text(
-            [branch.expressions[i].unalias() for i in contributions.key_columns]), "__kt"))
-    filter_scans(tree, obligations, catalogue)
+    keys = [i for i, o in enumerate(analysis.outputs) if o.kind != "aggregate"]
+    if keys and ((contributions is not None and contributions.keyed_by_text)
+                 or grouping_index or branch_index is not None):
+        for branch in outer_selects(tree):  # at the same place in every branch
+            key_text_index = len(branch.expressions)
+            branch.append("expressions", exp.alias_(key_text(
+                [branch.expressions[i].unalias() for i in keys]), "__kt"))
+    filter_scans(tree, obligations, catalogue, analysis.columns)
     user = user_limit(tree, row_cap)
     if person_level or user is None:
         tree.set("limit", exp.Limit(expression=exp.Literal.number(row_cap + 1)))
@@ -261,7 +267,7 @@ def _contributions(
     tree.set("group", exp.Group(expressions=[*grouped, rowpid.copy()]))
     for arg in ("order", "limit", "having", "distinct"):
         tree.set(arg, None)
-    filter_scans(tree, obligations, catalogue)
+    filter_scans(tree, obligations, catalogue, analysis.columns)
     outer = exp.select(
         *[exp.column(f"__k{n}") for n in range(len(keys))],
         *[part for i in measures for part in (

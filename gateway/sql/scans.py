@@ -4,6 +4,7 @@ engine's check that every joined row is one person's."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date
 
 from sqlglot import exp
@@ -13,7 +14,7 @@ from datasets import Catalogue, TableKind
 from datasets.catalogue import NEVER_QUERYABLE
 from gateway.errors import PERSON_LINK_BROKEN, SqlRejected
 from gateway.sql.rules.people import is_person_key
-from policies import ConsentCohort, Obligations, ResidenceFilter
+from policies import ColumnUse, ConsentCohort, Obligations, ResidenceFilter
 
 
 def table_person(alias: str, table: exp.Table, catalogue: Catalogue) -> exp.Column | None:
@@ -126,29 +127,45 @@ def _carry_person(scope: Scope, catalogue: Catalogue, carried: set[int]) -> bool
     return True
 
 
-def filter_scans(tree: exp.Select, obligations: Obligations, catalogue: Catalogue) -> None:
-    """Replace every person-level table scan by the same table seen through the filters, and
-    make every select that pairs people's sources check that it pairs one person's rows."""
+def filter_scans(tree: exp.Select, obligations: Obligations, catalogue: Catalogue,
+                 reads: Iterable[ColumnUse]) -> None:
+    """Replace every catalogue table scan by the same table seen through the filters (people's
+    tables), narrowed to the columns the analysis resolved and the policy granted (``reads``)
+    and the person key; and make every select that pairs people's sources check that it
+    pairs one person's rows.
+
+    The narrowing makes the analysis's reading of the query the engine's: a name the
+    resolver did not see as a table's column (round 37: inside an ORDER BY expression, where
+    it took it for an output alias) cannot reach a column of the table in the engine either,
+    a direct identifier or a column the policy does not grant."""
     assert_person_links(tree, catalogue)
+    used: dict[str, set[str]] = {}
+    for use in reads:
+        used.setdefault(use.table, set()).add(use.column)
     for table in list(tree.find_all(exp.Table)):
         meta = catalogue.table(table.name)
-        if meta is None or meta.kind is not TableKind.PERSON_LEVEL:
-            continue
-        key = meta.person_key
+        if meta is None:
+            continue  # a CTE's name
+        names = used.get(meta.name, set())
         conditions: list[exp.Expression] = []
-        if obligations.residence is not None:
-            conditions.append(_residence(key, obligations.residence, catalogue))
-        if obligations.consent is not None:
-            conditions.append(_consent(key, obligations.consent, catalogue))
-        if obligations.remove_opted_out:
-            conditions.append(_not_opted_out(key, catalogue))
-        if not conditions:
-            continue
-        columns = [exp.column(c.name, quoted=True) for c in meta.columns
-                   if c.cls not in NEVER_QUERYABLE]
-        inner = (exp.select(*columns)
-                 .from_(exp.Table(this=exp.to_identifier(meta.name, quoted=True)))
-                 .where(exp.and_(*conditions)))
+        if meta.kind is TableKind.PERSON_LEVEL:
+            key = meta.person_key
+            names = names | {key}
+            if obligations.residence is not None:
+                conditions.append(_residence(key, obligations.residence, catalogue))
+            if obligations.consent is not None:
+                conditions.append(_consent(key, obligations.consent, catalogue))
+            if obligations.remove_opted_out:
+                conditions.append(_not_opted_out(key, catalogue))
+        columns: list[exp.Expression] = [
+            exp.column(c.name, quoted=True) for c in meta.columns
+            if c.name in names and c.cls not in NEVER_QUERYABLE]
+        if not columns:  # rows, and no column of them: COUNT(*) over a lookup
+            columns = [exp.alias_(exp.null(), "__sdc_row", quoted=True)]
+        inner = exp.select(*columns).from_(exp.Table(this=exp.to_identifier(meta.name,
+                                                                          quoted=True)))
+        if conditions:
+            inner = inner.where(exp.and_(*conditions))
         alias = table.alias_or_name
         table.replace(exp.Subquery(this=inner, alias=exp.TableAlias(
             this=exp.to_identifier(alias, quoted=True))))

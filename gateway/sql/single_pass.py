@@ -156,7 +156,7 @@ def single_pass(
         rowpid.copy()]))
     for arg in ("order", "limit"):
         tree.set(arg, None)
-    filter_scans(tree, obligations, catalogue)
+    filter_scans(tree, obligations, catalogue, analysis.columns)
     # per cell, the most one person adds to each count column (see row_bound); a count of
     # people takes one from each
     counts = [i for i in counts if i not in people_counts]

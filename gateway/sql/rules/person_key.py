@@ -73,7 +73,7 @@ def check_person_key_use(col: exp.Column, scope: Scope, outers: list[exp.Select]
         return  # IS [NOT] NULL: whether a join matched, never a value
     if isinstance(parent, exp.Window) and is_in(col, parent.args.get("partition_by") or []):
         return  # a window within each person
-    if not is_in(select, outers) and _is_source_select(select):
+    if not is_in(select, outers) and _is_source_select(select, scopes, catalogue):
         if parent is select or (isinstance(parent, exp.Alias) and parent.parent is select):
             return  # a per-person or joinable derived table exposes the key for joining
         if isinstance(parent, exp.Group):
@@ -126,14 +126,27 @@ def check_distinct_on(scope: Scope, catalogue: Catalogue) -> None:
             "person's first event; across people, choose rows by a condition, not an order")
 
 
-def _is_source_select(select: exp.Select) -> bool:
-    """A select whose rows feed another query, rather than a scalar value in an expression."""
+def _is_source_select(select: exp.Select, scopes: dict[int, Scope],
+                      catalogue: Catalogue) -> bool:
+    """A select whose rows feed another query, rather than a value in an expression: a CTE,
+    a derived table, the set of EXISTS, or the set a person key is tested against by IN.
+    Under IN as anything else, the person keys it projects are values: ``(SELECT
+    q.person_id ...) IN (1, 2, 3)`` or ``12345 IN (SELECT q.person_id ...)`` compared
+    pseudonyms with chosen numbers, and named people (review round 37)."""
     parent = select.parent
     if isinstance(parent, exp.CTE):
         return True
-    if isinstance(parent, exp.Subquery):
-        return isinstance(parent.parent, exp.From | exp.Join | exp.In)
-    return isinstance(parent, exp.In | exp.Exists)
+    node = parent if isinstance(parent, exp.Subquery) else select
+    holder = node.parent
+    if isinstance(holder, exp.From | exp.Join):
+        return node is parent
+    if isinstance(holder, exp.Exists):
+        return True
+    if isinstance(holder, exp.In):
+        tested = holder.this
+        return (holder.args.get("query") is node and isinstance(tested, exp.Column)
+                and _column_is_person_key(tested, scopes, catalogue))
+    return False
 
 
 def check_windows(scope: Scope, outers: list[exp.Select], catalogue: Catalogue) -> None:

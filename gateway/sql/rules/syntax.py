@@ -5,6 +5,8 @@ environment."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel, ParseError, SqlglotError, TokenError
@@ -72,6 +74,46 @@ CAST_TYPES = frozenset({_T.INT, _T.BIGINT, _T.SMALLINT, _T.TINYINT, _T.DOUBLE, _
 
 #: Functions sqlglot leaves as Anonymous that are allowed, by lower-case name.
 ALLOWED_ANONYMOUS = frozenset({"date_part", "datepart"})
+
+
+def check_order_names(tree: exp.Expression, catalogue: Catalogue) -> None:
+    """An ORDER BY or DISTINCT ON term may name an output column only as the whole term. The
+    engine reads ``ORDER BY b`` as the output column b, but ``ORDER BY b + 0`` as a table's
+    column b where one exists, while the resolver takes both for the output column and
+    leaves them unresolved: ``c.rn AS date_of_birth ... ORDER BY CASE WHEN
+    MONTH(date_of_birth) ...`` read the direct identifier where no rule or policy saw it, and
+    chose each person's row by it (review round 37). A name no table or derived table of
+    the query has can only be the output column, to the engine too, and stays allowed."""
+    selects = list(tree.find_all(exp.Select))
+    outputs = Counter(n.lower() for s in selects for n in s.named_selects)
+    columns = {c.name.lower() for t in tree.find_all(exp.Table)
+               if (meta := catalogue.table(t.name)) is not None for c in meta.columns}
+    for select in selects:
+        own = Counter(n.lower() for n in select.named_selects)
+
+        def a_source_has(name: str, own=own) -> bool:
+            return name in columns or outputs[name] > own[name]
+
+        distinct = select.args.get("distinct")
+        on = distinct.args.get("on") if distinct is not None else None
+        order = select.args.get("order")
+        terms = [("ORDER BY", o.this if isinstance(o, exp.Ordered) else o)
+                 for o in (order.expressions if order else [])]
+        terms += [("DISTINCT ON", t) for t in (
+            on.expressions if isinstance(on, exp.Tuple) else [on] if on is not None else [])]
+        for where, term in terms:
+            if isinstance(term, exp.Column):
+                continue  # a whole term: the output column, as the engine reads it too
+            inside = next((c for c in term.find_all(exp.Column)
+                           if not c.table and c.find_ancestor(exp.Select) is select
+                           and a_source_has(c.name.lower())), None)
+            if inside is not None:
+                raise SqlRejected(
+                    f"{inside.name!r} in {where} {term.sql(dialect=DIALECT)[:60]} names an "
+                    "output column inside an expression, where the engine would read a "
+                    "table's column of that name instead",
+                    hint=f"order by the output column alone (ORDER BY {inside.name}), or "
+                    "name the table's column with its alias (t.column)")
 
 
 def check_output_names(tree: exp.Expression) -> None:
