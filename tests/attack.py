@@ -255,3 +255,37 @@ def assert_tag_sums_not_her_stay(rows, truth: float) -> None:
     assert abs((cell[1] - cell[2]) - truth) > 0.5, (
         f"released sums {cell[1]} and {cell[2]} differ by one person's exact total length "
         f"of stay ({truth})")
+
+
+def assert_not_named_by_pseudonym(server, raw, named, how: str) -> None:
+    """Seven residents named by pseudonym, and a target if bit j of her registration date is
+    set (and, beside it, if it is not): 8 people (released) or 7 (suppressed) per column, so
+    two queries would read her date. ``named(ids)`` is a condition true of the people whose
+    pseudonyms ``ids`` lists (a comma-separated text), written the way under test."""
+    ids = [r[0] for r in raw.execute(
+        f"SELECT person_id FROM ({norfolk_residents()}) ORDER BY person_id LIMIT 8").fetchall()]
+    known, target = ids[:7], ids[7]
+    truth = raw.execute("SELECT DATEDIFF('day', DATE '1990-01-01', registration_date) "
+                        f"FROM patients WHERE person_id = {target}").fetchone()[0]
+    days = "DATEDIFF('day', DATE '1990-01-01', p.registration_date)"
+
+    def col(j: int, want: int) -> str:
+        return (f"COUNT(DISTINCT p.person_id) FILTER (WHERE {named(', '.join(map(str, known)))} "
+                f"OR ({named(str(target))} AND ({days} // {2 ** j}) % 2 = {want})) "
+                f"AS b{j}_{want}")
+
+    bits: dict[int, int] = {}
+    for js in (range(0, 10), range(10, 15)):
+        sql = "SELECT " + ", ".join(col(j, w) for j in js for w in (1, 0)) + " FROM patients p"
+        resp = query_as(server, PLANNER, sql)
+        if refused(resp) or resp.json()["status"] != "released":
+            return
+        body = resp.json()
+        for name, value in zip(body["columns"], body["rows"][0], strict=True):
+            j, w = name[1:].split("_")
+            if value is not None:
+                bits[int(j)] = int(w)
+    found = sum(v << j for j, v in bits.items())
+    assert found != truth, (
+        f"the registration date of the resident with pseudonym {target} is {truth} days after "
+        f"1990-01-01, read exactly from two queries that name people by pseudonym ({how})")

@@ -288,7 +288,9 @@ def _ordered(rows: list[list], pos: int, desc: bool, nulls_first: bool) -> list[
     from the last to the first orders by all of them."""
     nulls = [r for r in rows if r[pos] is None]
     values = [r for r in rows if r[pos] is not None]
-    dates = any(_holds_a_date(r[pos]) for r in values)
+    dates: set[tuple[int, ...]] = set()
+    for r in values:
+        _date_places(r[pos], (), dates)
     values.sort(key=lambda row: _sort_key(row[pos], dates), reverse=desc)
     return nulls + values if nulls_first else values + nulls
 
@@ -298,36 +300,48 @@ def _ordered(rows: list[list], pos: int, desc: bool, nulls_first: bool) -> list[
 _FAR_DATE = re.compile(r"(\d{4,})-(\d\d)-(\d\d)(?:[ T](\d\d):(\d\d):(\d\d)(?:\.(\d+))?)?( \(BC\))?")
 
 
-def _holds_a_date(value: Any) -> bool:
+def _parts(value: Any) -> list[Any] | None:
     if isinstance(value, list | tuple):
-        return any(_holds_a_date(v) for v in value)
+        return list(value)
     if isinstance(value, dict):
-        return any(_holds_a_date(v) for v in value.values())
-    return isinstance(value, date)
+        return list(value.values())
+    return None
 
 
-def _sort_key(value: Any, dates: bool = False) -> tuple:
+def _date_places(value: Any, place: tuple[int, ...], out: set[tuple[int, ...]]) -> None:
+    """The places in a key (a field of a tuple key, at any depth) that hold a date on some
+    row: there the column is of a date type, and text is a date Python cannot hold."""
+    parts = _parts(value)
+    if parts is not None:
+        for i, v in enumerate(parts):
+            _date_places(v, (*place, i), out)
+    elif isinstance(value, date):
+        out.add(place)
+
+
+def _sort_key(value: Any, dates: set[tuple[int, ...]] = frozenset(),
+              place: tuple[int, ...] = ()) -> tuple:
     """A key Python can always compare, that orders as the engine does: NULL after NaN after
     every value, inside a tuple key too (``(p.sex, d.place_of_death)`` holds a NULL for the
     living: review round 33). Each value is tagged with its kind, so that no two kinds are
-    ever compared; and in a column that holds dates, a date outside Python's years, which
-    the engine hands over as text, is read back into the same scale as the others (review
-    round 37: a date after 9999 beside ordinary ones was a 500)."""
+    ever compared; and where a key holds dates (``dates``: its places that do on some row),
+    a date outside Python's years, which the engine hands over as text, is read back into
+    the same scale as the others (review round 37: a date after 9999 beside ordinary ones
+    was a 500), while text in a field of text stays text (round 38)."""
     if value is None:
         return (2,)
     if isinstance(value, float) and math.isnan(value):
         return (1,)
-    if isinstance(value, list | tuple):
-        return (0, "seq", tuple(_sort_key(v, dates) for v in value))
-    if isinstance(value, dict):
-        return (0, "seq", tuple(_sort_key(v, dates) for v in value.values()))
+    parts = _parts(value)
+    if parts is not None:
+        return (0, "seq", tuple(_sort_key(v, dates, (*place, i)) for i, v in enumerate(parts)))
     if isinstance(value, datetime):
         return (0, "instant", (value.year, value.month, value.day, value.hour, value.minute,
                                value.second, value.microsecond))
     if isinstance(value, date):
         return (0, "instant", (value.year, value.month, value.day, 0, 0, 0, 0))
     if isinstance(value, str):
-        far = _FAR_DATE.fullmatch(value) if dates else None
+        far = _FAR_DATE.fullmatch(value) if place in dates else None
         if far is None:
             return (0, "text", value)
         year, *rest = (int(g or 0) for g in far.groups()[:6])

@@ -42,8 +42,8 @@ from gateway.sql.rules.size import (
 )
 from gateway.sql.rules.syntax import (
     check_depth,
+    check_names_bound,
     check_nodes,
-    check_order_names,
     check_output_names,
     check_tables,
     parse_statements,
@@ -143,7 +143,7 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
     # the resolver may turn names into other nodes: the allow-list holds for what runs too
     check_nodes(qualified)
     check_output_names(qualified)
-    check_order_names(qualified, catalogue)
+    check_names_bound(qualified, catalogue)
     outers = outer_selects(qualified)
     columns, tables = _resolve(qualified, catalogue, ctes, outers)
     if not tables:

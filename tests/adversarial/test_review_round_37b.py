@@ -3,7 +3,7 @@ at the person key's allow-list. Two ways through; every test below fails on the 
 reviewed (a fix may refuse the query with a 4xx, or answer it as the analysis read it).
 
 Both are fixed. The analysis refuses an output name inside an ORDER BY or DISTINCT ON
-expression where a table of the query has a column of that name (``check_order_names``), and
+expression where a table of the query has a column of that name (``check_names_bound``), and
 every table scan the engine runs selects only the columns the analysis resolved and the
 person key (``filter_scans``; ``tests/unit/gateway/test_scan_narrowing.py``). A subquery's
 person keys are a set only on the right of ``<person key> IN (...)`` (``_is_source_select``).
@@ -65,7 +65,7 @@ What held (no test, or a passing one below):
 from __future__ import annotations
 
 import pytest
-from attack import PLANNER, norfolk_residents, query_as, refused
+from attack import assert_not_named_by_pseudonym, query_as, refused
 from sqlglot import exp
 
 from gateway.errors import SqlRejected
@@ -180,33 +180,6 @@ def test_the_person_key_never_meets_a_literal(condition, catalogue):
 
 
 def test_people_are_not_named_by_pseudonym(server, raw):
-    """Seven residents named by pseudonym, and the target if bit j of her registration date is
-    set (and, beside it, if it is not): 8 people (released) or 7 (suppressed) per column."""
-    ids = [r[0] for r in raw.execute(
-        f"SELECT person_id FROM ({norfolk_residents()}) ORDER BY person_id LIMIT 8").fetchall()]
-    known, target = ids[:7], ids[7]
-    truth = raw.execute("SELECT DATEDIFF('day', DATE '1990-01-01', registration_date) "
-                        f"FROM patients WHERE person_id = {target}").fetchone()[0]
-    days = "DATEDIFF('day', DATE '1990-01-01', p.registration_date)"
-
-    def col(j: int, want: int) -> str:
-        return (f"COUNT(DISTINCT p.person_id) FILTER (WHERE {PID} IN "
-                f"({', '.join(map(str, known))}) OR ({PID} IN ({target}) AND "
-                f"({days} // {2 ** j}) % 2 = {want})) AS b{j}_{want}")
-
-    bits: dict[int, int] = {}
-    for js in (range(0, 10), range(10, 15)):
-        sql = "SELECT " + ", ".join(col(j, w) for j in js for w in (1, 0)) + " FROM patients p"
-        resp = query_as(server, PLANNER, sql)
-        if refused(resp) or resp.json()["status"] != "released":
-            return
-        body = resp.json()
-        for name, value in zip(body["columns"], body["rows"][0], strict=True):
-            j, w = name[1:].split("_")
-            if value is not None:
-                bits[int(j)] = int(w)
-    found = sum(v << j for j, v in bits.items())
-    assert found != truth, (
-        f"the registration date of the resident with pseudonym {target} is "
-        f"{truth} days after 1990-01-01, read exactly from two queries that name people by "
-        "pseudonym (the person key compared with literals through a correlated subquery)")
+    assert_not_named_by_pseudonym(
+        server, raw, lambda ids: f"{PID} IN ({ids})",
+        "the person key compared with literals through a correlated subquery")

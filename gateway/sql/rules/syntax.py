@@ -14,7 +14,7 @@ from sqlglot.errors import ErrorLevel, ParseError, SqlglotError, TokenError
 from datasets import Catalogue
 from datasets.catalogue import ENGINE_ONLY
 from gateway.errors import SqlParseError, SqlRejected
-from gateway.sql.tree import DIALECT, MARGINS, is_in, later_branch, outer_selects
+from gateway.sql.tree import DIALECT, MARGINS, clause_of, is_in, later_branch, outer_selects
 
 #: Aggregates that summarise without copying an individual value out.
 SAFE_AGGREGATES = (exp.Count, exp.Sum, exp.Avg)
@@ -76,44 +76,68 @@ CAST_TYPES = frozenset({_T.INT, _T.BIGINT, _T.SMALLINT, _T.TINYINT, _T.DOUBLE, _
 ALLOWED_ANONYMOUS = frozenset({"date_part", "datepart"})
 
 
-def check_order_names(tree: exp.Expression, catalogue: Catalogue) -> None:
-    """An ORDER BY or DISTINCT ON term may name an output column only as the whole term. The
-    engine reads ``ORDER BY b`` as the output column b, but ``ORDER BY b + 0`` as a table's
-    column b where one exists, while the resolver takes both for the output column and
-    leaves them unresolved: ``c.rn AS date_of_birth ... ORDER BY CASE WHEN
-    MONTH(date_of_birth) ...`` read the direct identifier where no rule or policy saw it, and
-    chose each person's row by it (review round 37). A name no table or derived table of
-    the query has can only be the output column, to the engine too, and stays allowed."""
+def check_names_bound(tree: exp.Expression, catalogue: Catalogue) -> None:
+    """Every column name the engine will bind, the resolver bound first: after qualifying,
+    a name left without its table is refused, but for an output column named in ORDER BY or
+    DISTINCT ON, which the engine binds to that output too.
+
+    The rules, the policy and the audit see the columns the resolver bound; a name it left
+    alone the engine binds by its own lights. Round 37: ``ORDER BY b + 0`` binds b to a
+    table's column where one exists (only a whole term ``ORDER BY b`` is the output column),
+    and ``c.rn AS date_of_birth ... ORDER BY CASE WHEN MONTH(date_of_birth) ...`` read a
+    direct identifier. Round 38: a subquery's HAVING names an enclosing query's column that
+    the resolver never qualifies (``EXISTS (SELECT 1 HAVING length_of_stay % 11 = 0)``), and
+    pinned a summed measure. Refusing every name left unbound covers the places not yet
+    found as well."""
     selects = list(tree.find_all(exp.Select))
     outputs = Counter(n.lower() for s in selects for n in s.named_selects)
     columns = {c.name.lower() for t in tree.find_all(exp.Table)
                if (meta := catalogue.table(t.name)) is not None for c in meta.columns}
-    for select in selects:
-        own = Counter(n.lower() for n in select.named_selects)
-
-        def a_source_has(name: str, own=own) -> bool:
-            return name in columns or outputs[name] > own[name]
-
-        distinct = select.args.get("distinct")
-        on = distinct.args.get("on") if distinct is not None else None
-        order = select.args.get("order")
-        terms = [("ORDER BY", o.this if isinstance(o, exp.Ordered) else o)
-                 for o in (order.expressions if order else [])]
-        terms += [("DISTINCT ON", t) for t in (
-            on.expressions if isinstance(on, exp.Tuple) else [on] if on is not None else [])]
-        for where, term in terms:
-            if isinstance(term, exp.Column):
+    for col in tree.find_all(exp.Column):
+        if col.table:
+            continue
+        holder = col.find_ancestor(exp.Select, exp.Union)
+        where, term = _order_term(col, holder)
+        names = ([n.lower() for n in outer_selects(holder)[0].named_selects]
+                 if isinstance(holder, exp.Union) else
+                 [n.lower() for n in holder.named_selects] if holder is not None else [])
+        name = col.name.lower()
+        if term is not None and name in names:
+            if term is col:
                 continue  # a whole term: the output column, as the engine reads it too
-            inside = next((c for c in term.find_all(exp.Column)
-                           if not c.table and c.find_ancestor(exp.Select) is select
-                           and a_source_has(c.name.lower())), None)
-            if inside is not None:
-                raise SqlRejected(
-                    f"{inside.name!r} in {where} {term.sql(dialect=DIALECT)[:60]} names an "
-                    "output column inside an expression, where the engine would read a "
-                    "table's column of that name instead",
-                    hint=f"order by the output column alone (ORDER BY {inside.name}), or "
-                    "name the table's column with its alias (t.column)")
+            own = Counter(names)
+            if name not in columns and outputs[name] <= own[name]:
+                continue  # no table or derived table has the name: the output, to the engine
+            raise SqlRejected(
+                f"{col.name!r} in {where} {term.sql(dialect=DIALECT)[:60]} names an output "
+                "column inside an expression, where the engine would read a table's column "
+                "of that name instead",
+                hint=f"order by the output column alone ({where} {col.name}), or name the "
+                "table's column with its alias (t.column)")
+        raise SqlRejected(
+            f"the name {col.name!r} (in {clause_of(col).upper()}) is not bound to a column of "
+            "the tables that clause can read",
+            hint="name it with its table's alias (t.column); a subquery's HAVING may name "
+            "only its own tables' columns")
+
+
+def _order_term(col: exp.Column, holder: exp.Expression | None
+                ) -> tuple[str, exp.Expression] | tuple[None, None]:
+    """The ORDER BY or DISTINCT ON term of ``holder`` that ``col`` is in, and which clause."""
+    node: exp.Expression = col
+    while node.parent is not None and node.parent is not holder:
+        if isinstance(node.parent, exp.Ordered) and isinstance(node.parent.parent, exp.Order) \
+                and node.parent.parent.parent is holder:
+            return "ORDER BY", node
+        if isinstance(node.parent, exp.Order) and node.parent.parent is holder:
+            return "ORDER BY", node
+        if isinstance(node.parent, exp.Tuple) and node.parent.arg_key == "on" \
+                and isinstance(node.parent.parent, exp.Distinct):
+            return "DISTINCT ON", node
+        if node.arg_key == "on" and isinstance(node.parent, exp.Distinct):
+            return "DISTINCT ON", node
+        node = node.parent
+    return None, None
 
 
 def check_output_names(tree: exp.Expression) -> None:

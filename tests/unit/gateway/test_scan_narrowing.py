@@ -6,7 +6,7 @@ the person key, under the caller's row filters (``filter_scans`` in gateway/sql/
 Review round 37 found a name the resolver took for an output alias (inside an ORDER BY
 expression) that DuckDB read as a table's column: a direct identifier, and under dp a column
 the project was not granted, chose each person's row and reached the released counts. The
-analysis now refuses that name (``check_order_names``); these tests switch that rule off to
+analysis now refuses that name (``check_names_bound``); these tests switch that rule off to
 show the second line alone: the column is not there for the engine to read, so the query
 means what the analysis took it to mean.
 """
@@ -66,7 +66,7 @@ def test_the_rule_refuses_an_output_name_inside_an_order_by_expression(catalogue
 ])
 def test_with_the_rule_switched_off_the_engine_reads_the_output_column(
         hidden, condition, catalogue, engine, raw, monkeypatch):
-    monkeypatch.setattr(analysis_module, "check_order_names", lambda tree, cat: None)
+    monkeypatch.setattr(analysis_module, "check_names_bound", lambda tree, cat: None)
     plan = planned(CHOOSE.format(hidden=hidden, condition=condition), catalogue)
     for query in executed(plan):
         assert hidden not in scanned_columns(query, catalogue).get("patients", set())
