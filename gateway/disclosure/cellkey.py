@@ -5,9 +5,10 @@ the rewritten query from a secret held in the state directory and passed as a qu
 (so it is never in the SQL text, the audit trail, the data or the response). A cell's key is the
 XOR of the record keys of the distinct people behind it: uniform, and the same for the same
 people whatever the query that gathered them. The perturbation of a cell is drawn from the
-perturbation table by a uniform number derived from (cell key, cell value), so the same cell
-always gets the same answer, in any query and any session: repeating a query, or asking it
-another way, gives nothing new to average away. A differencing pair (a cell with and without
+perturbation table by a uniform number derived from (cell key, cell value, and for a count the
+width of the table it is read through), so the same cell always gets the same answer, in any
+query and any session: repeating a query, or asking it another way, gives nothing new to
+average away. A differencing pair (a cell with and without
 one person) has two unrelated keys, so the difference of the answers is the true difference
 plus two independent perturbations.
 
@@ -113,6 +114,18 @@ def uniform(cell_key: int, value: Any, salt: str) -> float:
     return int.from_bytes(digest.digest(), "big") / 2.0**64
 
 
+def _salt(wide: PerturbationTable, base: PerturbationTable) -> str:
+    """What a count's perturbation is drawn for, beside its cell key and value: the table it
+    is read through. The base table keeps the salt it always had, so that answers stay the
+    same; each wider one (1, 2, 5, ... 100 times, ``count_scales``) draws its own position.
+    A cell then has one answer per width, at most seven, and the wider ones, with s^2 times
+    the variance, add little: all seven together tell as much as 1.3 answers of the base
+    table (the sum of 1/s^2)."""
+    if wide == base:
+        return "n"
+    return f"n|{wide.max_perturbation}|{wide.variance!r}"
+
+
 def apply_cell_key(
     rows: list[list[Any]],
     columns: list[str],
@@ -158,7 +171,11 @@ def apply_cell_key(
             key = keys[r][c] or 0
             if shapes[c] == "count":
                 wide = (column_tables or {}).get(c, table)
-                new[c] = max(0, int(value) + wide.perturbation(uniform(key, int(value), "n")))
+                # the position is drawn for the table it is read through: read through two
+                # widths at one position, a count of people and a count of their rows (one
+                # each) fitted one value only, the exact count (review round 38)
+                at = uniform(key, int(value), _salt(wide, table))
+                new[c] = max(0, int(value) + wide.perturbation(at))
                 continue
             contribution = contributions[r].get(c) if contributions is not None else None
             why = dominance.verdict(contribution)
