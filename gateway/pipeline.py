@@ -49,6 +49,8 @@ from gateway.settings import Settings
 from gateway.sql.analysis import Analysis, analyse
 from gateway.sql.dp_rewrite import DpPlan, rewrite_dp
 from gateway.sql.rewrite import Plan, rewrite
+from gateway.sql.scans import safe_casts
+from gateway.sql.tree import DIALECT
 from policies import Caller, Decision, Facts, Obligations, PolicySet, decide
 
 log = structlog.get_logger("sde_gateway.pipeline")
@@ -156,6 +158,21 @@ class Pipeline:
                               "more than the budget left")
         return epsilon
 
+    def _constants(self, analysis: Analysis) -> dict[int, Any]:
+        """The value of each constant label of a dp query, as the engine computes it: the dp
+        query leaves them out, and reading them off the syntax tree released ``-1``, ``NULL``
+        or ``DATE '2025-01-01'`` as their SQL text (review round 39). They read no column."""
+        tree = analysis.tree
+        at = [i for i, o in enumerate(analysis.outputs) if o.kind == "constant"]
+        if not at or not isinstance(tree, exp.Select):
+            return {}
+        select = exp.select(*[exp.alias_(tree.expressions[i].unalias().copy(), f"c{i}")
+                              for i in at])
+        safe_casts(select)
+        got = self.engine.execute(select.sql(dialect=DIALECT),
+                                  timeout_s=self.settings.query_timeout_s, row_cap=1)
+        return dict(zip(at, got.rows[0], strict=True))
+
     def _run_dp(self, req: QueryRequest, caller: Caller, analysis: Analysis,
                 decision: Decision, record: dict[str, Any]) -> dict[str, Any]:
         """Plan, price, spend, run, noise. Returns the body, or a stored answer's body."""
@@ -164,6 +181,7 @@ class Pipeline:
         epsilon = self._dp_epsilon(req, decision)
         mech = dp.build(plan, epsilon, output.delta_per_query)
         record["executed_sql"] = plan.sql
+        constants = self._constants(analysis)  # before anything is spent
         fingerprint = hashlib.sha256(json.dumps(
             [req.project, decision.policy_id, req.sql, repr(epsilon), output.delta_per_query,
              self.engine.data_version]).encode()).hexdigest()
@@ -205,7 +223,7 @@ class Pipeline:
                 self.slots.release()
             names = [o.name for o in analysis.outputs]
             released = dp.release(mech, raw.rows, names, [o.kind for o in analysis.outputs],
-                                  _constants(analysis))
+                                  constants)
         except BaseException:
             self._settle(req, (fingerprint, mech), None)
             raise
@@ -481,15 +499,6 @@ def _person_level(analysis: Analysis, catalogue: Catalogue) -> bool:
 
 
 
-
-
-def _constants(analysis: Analysis) -> dict[int, Any]:
-    out = {}
-    for i, o in enumerate(analysis.outputs):
-        if o.kind == "constant" and isinstance(analysis.tree, exp.Select):
-            node = analysis.tree.expressions[i].unalias()
-            out[i] = node.to_py() if isinstance(node, exp.Literal) else node.sql()
-    return out
 
 
 #: dp: the smallest epsilon a query may ask for

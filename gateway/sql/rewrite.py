@@ -109,12 +109,12 @@ def row_bound(analysis: Analysis, obligations: Obligations, catalogue: Catalogue
     if not asked and not several:
         return None
     # the branches keep the query's CTEs (a UNION's WITH sits on the root)
-    with_ = tree.args.get("with")
+    with_ = tree.args.get("with_")
     body: exp.Expression = parts[0]
     for part in parts[1:]:
         body = exp.Union(this=body, expression=part, distinct=False)
     if with_ is not None and isinstance(body, exp.Union):
-        body.set("with", with_.copy())
+        body.set("with_", with_.copy())
     inner = exp.Subquery(this=body, alias=exp.TableAlias(this=exp.to_identifier("__pp")))
     # per person: the most added to one cell (a total adds up the person's cells), and cells
     over = exp.Sum if analysis.margins else exp.Max

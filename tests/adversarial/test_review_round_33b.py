@@ -67,7 +67,7 @@ cell is suppressed rather than 0 (empty vs suppressed, per row rather than per c
 from __future__ import annotations
 
 import pytest
-from attack import DP_RESEARCHER, PLANNER, RESEARCHER, query_as, refused
+from attack import DP_RESEARCHER, PLANNER, RESEARCHER, query_as
 
 REGIMES = {"threshold": PLANNER, "cell_key": RESEARCHER, "dp": DP_RESEARCHER}
 
@@ -121,8 +121,10 @@ def _chain(n: int) -> str:
 
 
 def test_a_long_cte_chain_is_refused_not_a_500(server):
+    # each CTE read once: one scan to the engine, answered (until round 39 the size check
+    # counted every CTE body once more than it is read, and refused this as 300 scans)
     short = query_as(server, PLANNER, _chain(300))
-    assert refused(short)  # more than 64 tables once expanded: a 400
+    assert short.status_code == 200, short.text
     sql = _chain(400)
     assert len(sql) < 20_000  # within max_sql_chars
     resp = query_as(server, PLANNER, sql)

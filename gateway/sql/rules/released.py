@@ -235,10 +235,23 @@ def check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
     for key in group_keys(group):
         if aggregates_of(key, tree):
             raise SqlRejected("an aggregate may not be a group key")
-        if not group_all and key.sql() not in projected:
+        if not group_all and key.sql() not in projected and not _names_a_label(key, tree):
             raise SqlRejected(
                 f"GROUP BY {key.sql(dialect=DIALECT)[:60]} is not an output column: every group "
                 "key must be released, so that each row's cells are judged on its own group",
                 hint="add the expression to the SELECT list")
     return tuple(outputs)
 
+
+def _names_a_label(key: exp.Expression, tree: exp.Select) -> bool:
+    """``GROUP BY 1`` (or the alias) of a constant label: the resolver leaves the position
+    as it is, where it names a literal (it would be read as a position again), and the engine
+    groups by the label, which groups nothing (review round 39: refused as "not an output
+    column", with a hint to add what was there)."""
+    if not (isinstance(key, exp.Literal) and key.is_int):
+        return False
+    n = int(key.this)
+    if not 1 <= n <= len(tree.expressions):
+        return False
+    label = tree.expressions[n - 1].unalias()
+    return not aggregates_of(label, tree) and label.find(exp.Column) is None

@@ -57,7 +57,7 @@ def check_expanded_size(tree: exp.Expression) -> None:
         return n
 
     main = tree.copy()
-    main.set("with", None)
+    main.set("with_", None)
     if scans(main, frozenset()) > MAX_EXPANDED_SCANS:
         raise SqlRejected(
             f"the query reads more than {MAX_EXPANDED_SCANS} tables once its CTEs are "

@@ -10,6 +10,7 @@ from collections import Counter
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel, ParseError, SqlglotError, TokenError
+from sqlglot.optimizer.scope import traverse_scope
 
 from datasets import Catalogue
 from datasets.catalogue import ENGINE_ONLY
@@ -119,6 +120,67 @@ def check_names_bound(tree: exp.Expression, catalogue: Catalogue) -> None:
             "the tables that clause can read",
             hint="name it with its table's alias (t.column); a subquery's HAVING may name "
             "only its own tables' columns")
+
+
+def check_bound_in_order(tree: exp.Expression) -> None:
+    """Every qualified name binds where the engine binds it. The resolver gives ``h.c`` to
+    the nearest scope with an alias ``h``, wherever ``h`` stands in that scope's FROM; the
+    engine reads FROM items left to right, so a derived table, a CTE or a join's ON that
+    names ``h`` before ``h`` is joined binds it to an enclosing query's ``h`` instead: a
+    correlated reference no rule saw (review round 39: ``(SELECT ... WHERE h.length_of_stay
+    % 11 = 0) d JOIN (... year_of_birth AS length_of_stay ...) h`` read the outer query's
+    stays, and pinned their sum). So the select each name binds to is worked out as the
+    engine does, and a name the two readings give to different selects is refused."""
+    scopes = {id(s.expression): s for s in traverse_scope(tree)}
+    for col in tree.find_all(exp.Column):
+        if not col.table:
+            continue  # an output column named in ORDER BY or DISTINCT ON (check_names_bound)
+        alias = col.table.lower()
+        scope = scopes.get(id(col.find_ancestor(exp.Select)))
+        while scope is not None and alias not in {k.lower() for k in scope.sources}:
+            scope = scope.parent
+        resolved = scope.expression if scope is not None else None
+        if _engine_binding(col, alias) is not resolved:
+            raise SqlRejected(
+                f"{col.sql(dialect=DIALECT)} (in {clause_of(col).upper()}) names {col.table!r} "
+                "where that alias is not yet joined: the engine reads the FROM items left to "
+                "right and would bind the name to another query's source",
+                hint="give each table a different alias, and name a source only after it is "
+                "joined (in a join's ON, or inside a subquery in FROM, only the tables before it)")
+
+
+def _engine_binding(col: exp.Column, alias: str) -> exp.Select | None:
+    """The select whose FROM item the engine binds ``alias`` to, from where ``col`` stands:
+    in its select's SELECT, WHERE, GROUP BY, HAVING or ORDER BY every item of its FROM; in a
+    join's ON the items up to that join; inside a derived table the items before it; inside a
+    CTE none of the select's own items. Then the same, outwards."""
+    path: list[exp.Expression] = [col]
+    node = col.parent
+    while node is not None:
+        if isinstance(node, exp.Select):
+            child = path[-1]
+            items = _from_items(node)
+            if child.arg_key in ("with", "with_"):
+                visible: list[exp.Expression] = []
+            elif isinstance(child, exp.From):
+                visible = []
+            elif isinstance(child, exp.Join):
+                k = next(i for i, item in enumerate(items) if item is child.this)
+                through = path[-2] if len(path) > 1 else None
+                visible = items[:k + 1] if through is child.args.get("on") else items[:k]
+            else:
+                visible = items
+            if any(item.alias_or_name.lower() == alias for item in visible):
+                return node
+        path.append(node)
+        node = node.parent
+    return None
+
+
+def _from_items(select: exp.Select) -> list[exp.Expression]:
+    from_ = select.args.get("from_") or select.args.get("from")
+    items = [from_.this] if from_ is not None else []
+    return items + [j.this for j in select.args.get("joins") or []]
 
 
 def _order_term(col: exp.Column, holder: exp.Expression | None
