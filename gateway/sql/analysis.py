@@ -41,6 +41,7 @@ from gateway.sql.rules.size import (
     too_complex_on_recursion,
 )
 from gateway.sql.rules.syntax import (
+    check_aggregate_owners,
     check_bound_in_order,
     check_depth,
     check_names_bound,
@@ -146,6 +147,7 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
     check_output_names(qualified)
     check_names_bound(qualified, catalogue)
     check_bound_in_order(qualified)
+    check_aggregate_owners(qualified)
     outers = outer_selects(qualified)
     columns, tables = _resolve(qualified, catalogue, ctes, outers)
     if not tables:

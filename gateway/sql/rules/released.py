@@ -61,10 +61,21 @@ def check_union_order(tree: exp.Expression, outers: list[exp.Select]) -> None:
         return
     order = tree.args.get("order")
     for ordered in order.expressions if order else []:
+        _refuse_a_subquery_in_order(ordered)
         if any(_names_aggregate(ordered, branch) for branch in outers):
             raise SqlRejected("ORDER BY an aggregate is not allowed on the outer query: the "
                               "order would rank suppressed cells",
                               hint="order by group keys, or sort the released table yourself")
+
+
+def _refuse_a_subquery_in_order(ordered: exp.Expression) -> None:
+    """The released table is ordered by its keys; a subquery has no place there. The engine
+    takes an aggregate of the outer query's columns inside one for the outer query's own:
+    ``ORDER BY (SELECT SUM(...p.registration_date...))`` sorted the released rows by an exact
+    value of each cell, and placed one resident's date among them (review round 40)."""
+    if ordered.find(exp.Select) is not None:
+        raise SqlRejected("a subquery in ORDER BY of the outer query is not allowed",
+                          hint="order by group keys, or sort the released table yourself")
 
 
 def check_group_keys(tree: exp.Select, scope: Scope, catalogue: Catalogue) -> None:
@@ -185,6 +196,7 @@ def check_outer(tree: exp.Select, original: exp.Select, catalogue: Catalogue
                           "per-person subquery")
     order = tree.args.get("order")
     for ordered in order.expressions if order else []:
+        _refuse_a_subquery_in_order(ordered)
         if aggregates_of(ordered, tree) or _names_aggregate(ordered, tree):
             raise SqlRejected("ORDER BY an aggregate is not allowed on the outer query: the "
                               "order would rank suppressed cells",

@@ -149,6 +149,28 @@ def check_bound_in_order(tree: exp.Expression) -> None:
                 "joined (in a join's ON, or inside a subquery in FROM, only the tables before it)")
 
 
+def check_aggregate_owners(tree: exp.Expression) -> None:
+    """Every aggregate belongs to the select it is written in, to the engine too. The engine
+    gives an aggregate whose columns are all an enclosing query's to that query, as
+    PostgreSQL does: ``(SELECT SUM(p.x))`` in a subquery is a SUM over the enclosing query's
+    group, while every rule here took it for the subquery's (review round 40: in the outer
+    ORDER BY it sorted the released rows by an exact value of each cell). So an aggregate
+    that reads columns, none of them of its own select's sources, is refused."""
+    for agg in tree.find_all(exp.AggFunc):
+        select = agg.find_ancestor(exp.Select)
+        if select is None:
+            continue
+        own = [c for c in agg.find_all(exp.Column) if c.find_ancestor(exp.Select) is select]
+        if own and all(c.table and _engine_binding(c, c.table.lower()) is not select
+                       for c in own):
+            raise SqlRejected(
+                f"{agg.sql(dialect=DIALECT)[:60]} aggregates only an enclosing query's "
+                "columns inside a subquery: the engine would compute it over the enclosing "
+                "query's rows",
+                hint="aggregate in the query whose rows you mean, or join the subquery's own "
+                "tables and aggregate their columns")
+
+
 def _engine_binding(col: exp.Column, alias: str) -> exp.Select | None:
     """The select whose FROM item the engine binds ``alias`` to, from where ``col`` stands:
     in its select's SELECT, WHERE, GROUP BY, HAVING or ORDER BY every item of its FROM; in a
