@@ -146,7 +146,7 @@ def analyse(sql: str, catalogue: Catalogue, *, max_chars: int, max_depth: int) -
     check_nodes(qualified)
     check_output_names(qualified)
     check_names_bound(qualified, catalogue)
-    check_bound_in_order(qualified)
+    check_bound_in_order(qualified, catalogue)
     check_aggregate_owners(qualified)
     outers = outer_selects(qualified)
     columns, tables = _resolve(qualified, catalogue, ctes, outers)

@@ -96,7 +96,7 @@ def row_bound(analysis: Analysis, obligations: Obligations, catalogue: Catalogue
             select.append(exp.alias_(proj.copy(), f"__m{i}"))
         # per (detail cell, person)
         group = branch.args.get("group")
-        cells = [k.copy() for k in group_keys(group)] if analysis.margins else [
+        cells = [k.copy() for k in group_keys(group) if not is_constant(k)] if analysis.margins else [
             branch.expressions[k].unalias().copy() for k, o in enumerate(analysis.outputs)
             if o.kind == "group_key"
             and not is_constant(branch.expressions[k].unalias())]
