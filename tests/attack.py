@@ -289,3 +289,37 @@ def assert_not_named_by_pseudonym(server, raw, named, how: str) -> None:
     assert found != truth, (
         f"the registration date of the resident with pseudonym {target} is {truth} days after "
         f"1990-01-01, read exactly from two queries that name people by pseudonym ({how})")
+
+
+def _crt(residues: dict[int, int]) -> int:
+    """The one value below the product of the (coprime) moduli with these residues."""
+    n, value = 1, 0
+    for m, r in residues.items():
+        while value % m != r:
+            value += n
+        n *= m
+    return value
+
+
+def assert_total_stay_not_pinned(server, raw, pinned_sum, how: str) -> None:
+    """Her admissions beside others' whose stays are multiples of M: were the pin to hold,
+    the sum of her sex's cell would be her exact total stay modulo M, for M = 7, 11 and 13
+    (one query each), which gives it exactly. ``pinned_sum(yob, lsoa, m)`` is the query,
+    written the way under test."""
+    yob, lsoa, truth, _ = alone_with_stays(raw)
+    sex = raw.execute(f"SELECT sex FROM ({norfolk_residents()}) WHERE year_of_birth = {yob} "
+                      f"AND lsoa_code = '{lsoa}'").fetchone()[0]
+    assert truth < 7 * 11 * 13, "the shape this test needs (checked on raw data)"
+    residues: dict[int, int] = {}
+    for m in (7, 11, 13):
+        resp = query_as(server, PLANNER, pinned_sum(yob, lsoa, m))
+        if refused(resp) or resp.json()["status"] != "released":
+            return
+        cells = {r[0]: r[1] for r in resp.json()["rows"]}
+        if cells.get(sex) is None:
+            return
+        residues[m] = int(cells[sex]) % m
+    found = _crt(residues)
+    assert found != int(truth), (
+        f"one resident's exact total length of stay, {truth:g} days, from three sums of a "
+        f"measure pinned to multiples of 7, 11 and 13 ({how}; residues {residues})")

@@ -76,10 +76,8 @@ from __future__ import annotations
 
 import pytest
 from attack import (
-    PLANNER,
-    alone_with_stays,
     assert_not_named_by_pseudonym,
-    norfolk_residents,
+    assert_total_stay_not_pinned,
     query_as,
     refused,
 )
@@ -126,41 +124,15 @@ def test_every_name_in_having_is_resolved_or_refused(sql, catalogue):
         "entry saw it, and DuckDB binds it to the enclosing query's column of that name")
 
 
-def _crt(residues: dict[int, int]) -> int:
-    """The one value below the product of the (coprime) moduli with these residues."""
-    n, value = 1, 0
-    for m, r in residues.items():
-        while value % m != r:
-            value += n
-        n *= m
-    return value
-
-
 def test_a_summed_measure_is_not_pinned_through_having(server, raw):
-    """Her admissions beside others' whose stays are multiples of M: the sum is her exact
-    total stay modulo M, for M = 7, 11, 13 (one query each), which gives it exactly."""
-    yob, lsoa, truth, _ = alone_with_stays(raw)
-    sex = raw.execute(f"SELECT sex FROM ({norfolk_residents()}) WHERE year_of_birth = {yob} "
-                      f"AND lsoa_code = '{lsoa}'").fetchone()[0]
-    assert truth < 7 * 11 * 13, "the shape this test needs (checked on raw data)"
-    residues: dict[int, int] = {}
-    for m in (7, 11, 13):
-        sql = ("SELECT p.sex, SUM(h.length_of_stay) AS total FROM hospital_admissions h "
-               "JOIN patients p ON p.person_id = h.person_id "
-               f"WHERE (p.year_of_birth = {yob} AND p.lsoa_code = '{lsoa}') "
-               f"OR EXISTS (SELECT 1 HAVING length_of_stay % {m} = 0) GROUP BY 1 ORDER BY 1")
-        resp = query_as(server, PLANNER, sql)
-        if refused(resp) or resp.json()["status"] != "released":
-            return
-        cells = {r[0]: r[1] for r in resp.json()["rows"]}
-        if cells.get(sex) is None:
-            return
-        residues[m] = int(cells[sex]) % m
-    found = _crt(residues)
-    assert found != int(truth), (
-        f"one resident's exact total length of stay, {truth:g} days, from three sums of a "
-        f"measure pinned to multiples of 7, 11 and 13 through a HAVING name the analysis never "
-        f"resolved (residues {residues})")
+    def pinned_sum(yob: int, lsoa: str, m: int) -> str:
+        return ("SELECT p.sex, SUM(h.length_of_stay) AS total FROM hospital_admissions h "
+                "JOIN patients p ON p.person_id = h.person_id "
+                f"WHERE (p.year_of_birth = {yob} AND p.lsoa_code = '{lsoa}') "
+                f"OR EXISTS (SELECT 1 HAVING length_of_stay % {m} = 0) GROUP BY 1 ORDER BY 1")
+
+    assert_total_stay_not_pinned(server, raw, pinned_sum,
+                                 "through a HAVING name the analysis never resolved")
 
 
 PID_IN = "EXISTS (SELECT 1 HAVING person_id IN ({}))"

@@ -109,6 +109,7 @@ from attack import (
     PLANNER,
     RESEARCHER,
     alone_with_stays,
+    assert_total_stay_not_pinned,
     norfolk_residents,
     query_as,
     refused,
@@ -121,16 +122,6 @@ from gateway.sql.analysis import analyse
 
 def _analyse(sql, catalogue):
     return analyse(sql, catalogue, max_chars=20_000, max_depth=64)
-
-
-def _crt(residues: dict[int, int]) -> int:
-    """The one value below the product of the (coprime) moduli with these residues."""
-    n, value = 1, 0
-    for m, r in residues.items():
-        while value % m != r:
-            value += n
-        n *= m
-    return value
 
 
 #: the later source: a derived table whose ``length_of_stay`` is a year of birth
@@ -178,29 +169,11 @@ def _pinned_sum(yob: int, lsoa: str, shape: str, m: int) -> str:
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_a_summed_measure_is_not_pinned_through_a_later_alias(server, raw, shape):
-    """Her admissions beside others' whose stays are multiples of M, the multiples tested
-    through ``h.length_of_stay`` named before the subquery's own ``h`` is joined: the sum is
-    her exact total stay modulo M, for M = 7, 11, 13 (one query each), which gives it."""
-    yob, lsoa, truth, _ = alone_with_stays(raw)
-    sex = raw.execute(f"SELECT sex FROM ({norfolk_residents()}) WHERE year_of_birth = {yob} "
-                      f"AND lsoa_code = '{lsoa}'").fetchone()[0]
-    assert truth < 7 * 11 * 13, "the shape this test needs (checked on raw data)"
-    residues: dict[int, int] = {}
-    for m in (7, 11, 13):
-        sql = _pinned_sum(yob, lsoa, shape, m)
-        resp = query_as(server, PLANNER, sql)
-        if refused(resp) or resp.json()["status"] != "released":
-            return
-        cells = {r[0]: r[1] for r in resp.json()["rows"]}
-        if cells.get(sex) is None:
-            return
-        residues[m] = int(cells[sex]) % m
-    found = _crt(residues)
-    assert found != int(truth), (
-        f"one resident's exact total length of stay, {truth:g} days, from three sums of a "
-        f"measure pinned to multiples of 7, 11 and 13 through a name the analysis gave to a "
-        f"source joined later, and the engine to the summed table ({shape}; residues "
-        f"{residues})")
+    """The multiples tested through ``h.length_of_stay`` named before the subquery's own
+    ``h`` is joined."""
+    assert_total_stay_not_pinned(
+        server, raw, lambda yob, lsoa, m: _pinned_sum(yob, lsoa, shape, m),
+        f"through a name the analysis gave to a source joined later: {shape}")
 
 
 def _named(condition: str) -> str:

@@ -98,7 +98,7 @@ import pytest
 from attack import (
     MIN_PEOPLE,
     PLANNER,
-    alone_with_stays,
+    assert_total_stay_not_pinned,
     norfolk_residents,
     query_as,
     refused,
@@ -110,16 +110,6 @@ from gateway.sql.analysis import analyse
 
 def _analyse(sql, catalogue):
     return analyse(sql, catalogue, max_chars=20_000, max_depth=64)
-
-
-def _crt(residues: dict[int, int]) -> int:
-    """The one value below the product of the (coprime) moduli with these residues."""
-    n, value = 1, 0
-    for m, r in residues.items():
-        while value % m != r:
-            value += n
-        n *= m
-    return value
 
 
 # 1. The person key meets literals inside a subquery's CTE
@@ -198,27 +188,10 @@ def _pinned_sum(yob: int, lsoa: str, m: int) -> str:
 
 
 def test_a_summed_measure_is_not_pinned_through_an_alias_without_the_column(server, raw):
-    """Her admissions beside others' whose stays are multiples of M, the multiples tested
-    through ``h.length_of_stay`` where the nearest ``h`` (patients) has no such column and the
-    engine reads the outer query's: her exact total stay modulo 7, 11 and 13."""
-    yob, lsoa, truth, _ = alone_with_stays(raw)
-    sex = raw.execute(f"SELECT sex FROM ({norfolk_residents()}) WHERE year_of_birth = {yob} "
-                      f"AND lsoa_code = '{lsoa}'").fetchone()[0]
-    assert truth < 7 * 11 * 13, "the shape this test needs (checked on raw data)"
-    residues: dict[int, int] = {}
-    for m in (7, 11, 13):
-        resp = query_as(server, PLANNER, _pinned_sum(yob, lsoa, m))
-        if refused(resp) or resp.json()["status"] != "released":
-            return
-        cells = {r[0]: r[1] for r in resp.json()["rows"]}
-        if cells.get(sex) is None:
-            return
-        residues[m] = int(cells[sex]) % m
-    found = _crt(residues)
-    assert found != int(truth), (
-        f"one resident's exact total length of stay, {truth:g} days, from three sums of a "
-        "measure pinned to multiples of 7, 11 and 13 through a name the analysis gave to a "
-        f"source without that column, and the engine to the summed table (residues {residues})")
+    """The multiples tested through ``h.length_of_stay`` where the nearest ``h`` (patients)
+    has no such column and the engine reads the outer query's."""
+    assert_total_stay_not_pinned(server, raw, _pinned_sum,
+                                 "through a name given to a source without that column")
 
 
 def test_a_name_binds_where_its_source_has_the_column(catalogue):
