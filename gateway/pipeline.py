@@ -166,8 +166,13 @@ class Pipeline:
         at = [i for i, o in enumerate(analysis.outputs) if o.kind == "constant"]
         if not at or not isinstance(tree, exp.Select):
             return {}
-        select = exp.select(*[exp.alias_(tree.expressions[i].unalias().copy(), f"c{i}")
-                              for i in at])
+        labels = [tree.expressions[i].unalias() for i in at]
+        if any(label.find(exp.Column, exp.Table, exp.Select) for label in labels):
+            # the analysis makes a column constant only if it reads nothing; run nothing else
+            raise SqlRejected("a constant output column reads data",
+                              hint="name each label as a literal")
+        select = exp.select(*[exp.alias_(label.copy(), f"c{i}")
+                              for i, label in zip(at, labels, strict=True)])
         safe_casts(select)
         got = self.engine.execute(select.sql(dialect=DIALECT),
                                   timeout_s=self.settings.query_timeout_s, row_cap=1)

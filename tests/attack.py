@@ -257,26 +257,35 @@ def assert_tag_sums_not_her_stay(rows, truth: float) -> None:
         f"of stay ({truth})")
 
 
-def assert_not_named_by_pseudonym(server, raw, named, how: str) -> None:
+def days_registered(alias: str) -> str:
+    """A person's registration date as days after 1990-01-01, on the given alias."""
+    return f"DATEDIFF('day', DATE '1990-01-01', {alias}.registration_date)"
+
+
+def assert_not_named_by_pseudonym(server, raw, named=None, how: str = "", *, column=None,
+                                  from_: str = "FROM patients p",
+                                  batches=(range(0, 10), range(10, 15))) -> None:
     """Seven residents named by pseudonym, and a target if bit j of her registration date is
     set (and, beside it, if it is not): 8 people (released) or 7 (suppressed) per column, so
-    two queries would read her date. ``named(ids)`` is a condition true of the people whose
-    pseudonyms ``ids`` lists (a comma-separated text), written the way under test."""
+    a few queries would read her date. ``named(ids)`` is a condition true of the people whose
+    pseudonyms ``ids`` lists (a comma-separated text), written the way under test; or
+    ``column(j, want, known, target)`` writes the whole column ``AS b<j>_<want>``."""
     ids = [r[0] for r in raw.execute(
         f"SELECT person_id FROM ({norfolk_residents()}) ORDER BY person_id LIMIT 8").fetchall()]
-    known, target = ids[:7], ids[7]
+    known, target = ", ".join(map(str, ids[:7])), ids[7]
     truth = raw.execute("SELECT DATEDIFF('day', DATE '1990-01-01', registration_date) "
                         f"FROM patients WHERE person_id = {target}").fetchone()[0]
-    days = "DATEDIFF('day', DATE '1990-01-01', p.registration_date)"
 
-    def col(j: int, want: int) -> str:
-        return (f"COUNT(DISTINCT p.person_id) FILTER (WHERE {named(', '.join(map(str, known)))} "
-                f"OR ({named(str(target))} AND ({days} // {2 ** j}) % 2 = {want})) "
-                f"AS b{j}_{want}")
+    def named_column(j: int, want: int, known: str, target: int) -> str:
+        return (f"COUNT(DISTINCT p.person_id) FILTER (WHERE {named(known)} OR "
+                f"({named(str(target))} AND ({days_registered('p')} // {2 ** j}) % 2 = {want}))"
+                f" AS b{j}_{want}")
 
+    column = column or named_column
     bits: dict[int, int] = {}
-    for js in (range(0, 10), range(10, 15)):
-        sql = "SELECT " + ", ".join(col(j, w) for j in js for w in (1, 0)) + " FROM patients p"
+    for js in batches:
+        sql = ("SELECT " + ", ".join(column(j, w, known, target) for j in js for w in (1, 0))
+               + f" {from_}")
         resp = query_as(server, PLANNER, sql)
         if refused(resp) or resp.json()["status"] != "released":
             return
@@ -288,7 +297,7 @@ def assert_not_named_by_pseudonym(server, raw, named, how: str) -> None:
     found = sum(v << j for j, v in bits.items())
     assert found != truth, (
         f"the registration date of the resident with pseudonym {target} is {truth} days after "
-        f"1990-01-01, read exactly from two queries that name people by pseudonym ({how})")
+        f"1990-01-01, read exactly from queries that name people by pseudonym ({how})")
 
 
 def _crt(residues: dict[int, int]) -> int:

@@ -19,6 +19,11 @@ from sqlglot.optimizer.scope import traverse_scope
 
 from datasets import Catalogue, ColumnClass
 from gateway.errors import SqlParseError, SqlRejected
+from gateway.sql.rules.binding import (
+    check_aggregate_owners,
+    check_bound_in_order,
+    check_names_bound,
+)
 from gateway.sql.rules.links import check_person_links
 from gateway.sql.rules.measures import check_measure_filters
 from gateway.sql.rules.people import is_person_key
@@ -41,10 +46,7 @@ from gateway.sql.rules.size import (
     too_complex_on_recursion,
 )
 from gateway.sql.rules.syntax import (
-    check_aggregate_owners,
-    check_bound_in_order,
     check_depth,
-    check_names_bound,
     check_nodes,
     check_output_names,
     check_tables,

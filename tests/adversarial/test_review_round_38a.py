@@ -52,7 +52,7 @@ no table has at all (which the engine then refuses as a binder error: a 400, not
 
 Both fixed. The analysis now refuses any column the resolver left without its table, but an
 output column named in ORDER BY or DISTINCT ON (``check_names_bound`` in
-``gateway/sql/rules/syntax.py``, which replaces round 37's narrower ``check_order_names``),
+``gateway/sql/rules/binding.py``, which replaces round 37's narrower ``check_order_names``),
 so the places not yet found are covered as well. dp's sort reads text back as a date only at
 the places of a key (fields of a tuple, at any depth) that hold a date on some row.
 

@@ -66,7 +66,7 @@ resolved for the outer table elsewhere in the query, so the scan holds it.
 Fixed: the analysis works out, for every qualified name, the select the engine binds it to
 (FROM items left to right: in a join's ON the items up to that join, inside a derived table the
 items before it, inside a CTE none of its select's own), and refuses a name the two readings
-give to different selects (``check_bound_in_order`` in ``gateway/sql/rules/syntax.py``).
+give to different selects (``check_bound_in_order`` in ``gateway/sql/rules/binding.py``).
 
 What held (passing tests below, or no test):
 
@@ -105,11 +105,12 @@ from __future__ import annotations
 
 import pytest
 from attack import (
-    MIN_PEOPLE,
     PLANNER,
     RESEARCHER,
     alone_with_stays,
+    assert_not_named_by_pseudonym,
     assert_total_stay_not_pinned,
+    days_registered,
     norfolk_residents,
     query_as,
     refused,
@@ -187,39 +188,18 @@ def _named(condition: str) -> str:
 
 
 def test_people_are_not_named_by_pseudonym_through_a_later_alias(server, raw):
-    """Round 37b's attack: seven residents named by pseudonym, and a target if bit j of her
-    registration date is set (and, beside it, if it is not): 8 people (released) or 7
-    (suppressed) per column, so a few queries read her date."""
-    ids = [r[0] for r in raw.execute(
-        f"SELECT person_id FROM ({norfolk_residents()}) ORDER BY person_id LIMIT 8").fetchall()]
-    known, target = ids[:7], ids[7]
-    assert len(known) == MIN_PEOPLE - 1
-    truth = raw.execute("SELECT DATEDIFF('day', DATE '1990-01-01', registration_date) "
-                        f"FROM patients WHERE person_id = {target}").fetchone()[0]
-    days = "DATEDIFF('day', DATE '1990-01-01', y.registration_date)"
-
-    def col(j: int, want: int) -> str:
-        who = (f"p.person_id IN ({', '.join(map(str, known))}) OR (p.person_id IN ({target}) "
-               f"AND ({days} // {2 ** j}) % 2 = {want})")
+    """Round 37b's attack, the person key compared with literals through a name the
+    analysis gave to a source joined later."""
+    def column(j: int, want: int, known: str, target: int) -> str:
+        who = (f"p.person_id IN ({known}) OR (p.person_id IN ({target}) "
+               f"AND ({days_registered('y')} // {2 ** j}) % 2 = {want})")
         return f"COUNT(DISTINCT y.person_id) FILTER (WHERE {_named(who)}) AS b{j}_{want}"
 
-    bits: dict[int, int] = {}
-    for js in (range(0, 5), range(5, 10), range(10, 15)):
-        sql = ("SELECT " + ", ".join(col(j, w) for j in js for w in (1, 0))
-               + " FROM patients p JOIN patients y ON y.person_id = p.person_id")
-        resp = query_as(server, PLANNER, sql)
-        if refused(resp) or resp.json()["status"] != "released":
-            return
-        body = resp.json()
-        for name, value in zip(body["columns"], body["rows"][0], strict=True):
-            j, w = name[1:].split("_")
-            if value is not None:
-                bits[int(j)] = int(w)
-    found = sum(v << j for j, v in bits.items())
-    assert found != truth, (
-        f"the registration date of the resident with pseudonym {target} is {truth} days after "
-        "1990-01-01, read exactly from three queries that compare the outer person key with "
-        "literals through a name the analysis gave to a source joined later")
+    assert_not_named_by_pseudonym(
+        server, raw, column=column, batches=(range(0, 5), range(5, 10), range(10, 15)),
+        from_="FROM patients p JOIN patients y ON y.person_id = p.person_id",
+        how="the outer person key compared with literals through a name the analysis gave "
+        "to a source joined later")
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -48,7 +48,7 @@ altogether (it may name group keys only, as dp's does).
 Fixed twice over: the outer ORDER BY (and a UNION's) takes no subquery
 (``_refuse_a_subquery_in_order`` in ``gateway/sql/rules/released.py``), and an aggregate whose
 columns are all an enclosing query's is refused wherever it stands (``check_aggregate_owners``
-in ``gateway/sql/rules/syntax.py``; ``tests/unit/gateway/test_aggregate_owners.py`` switches
+in ``gateway/sql/rules/binding.py``; ``tests/unit/gateway/test_aggregate_owners.py`` switches
 the first off).
 
 What held (kept below as passing regression tests):
