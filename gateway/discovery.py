@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.pipeline import Pipeline, _obligations
+from gateway.pipeline import Pipeline
+from gateway.records import obligation_fields
 from policies import Caller, Facts, decide
 from policies.loader import granted_columns, granted_tables
 
@@ -40,7 +41,7 @@ class Discovery:
         if not decision.permitted:
             entry["reasons"] = [{"rule": r.rule, "message": r.message} for r in decision.reasons]
             return entry
-        entry["rows"] = _obligations(decision)
+        entry["rows"] = obligation_fields(decision)
         entry["output"] = decision.obligations.output.describe()
         tables = granted_tables(policy, p.catalogue)
         datasets = []

@@ -7,8 +7,6 @@ an entry is durable before anything is returned: if it cannot be written, nothin
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -17,16 +15,14 @@ from functools import lru_cache
 from typing import Any
 
 import structlog
-from sqlglot import exp
 
 from audit import AuditTrail, AuditWriteError
 from datasets import Catalogue
 from gateway.auth import TokenVerifier
-from gateway.budget import BudgetLedger, LedgerUnavailable
+from gateway.budget import BudgetLedger
 from gateway.control import (
     count_scales,
     inline_contributions,
-    json_value,
     match_contributions,
     needs_row_bound,
     release,
@@ -34,23 +30,27 @@ from gateway.control import (
 from gateway.disclosure import dp
 from gateway.disclosure.cellkey import SECRET_PARAM
 from gateway.disclosure.threshold import check_outputs
+from gateway.dp_stage import DpStage
 from gateway.engine import DuckDBEngine, RawResult
 from gateway.errors import (
     AuditUnavailable,
-    BudgetExhausted,
     GatewayError,
     PolicyDenied,
-    SqlRejected,
     Unauthenticated,
 )
-from gateway.operations import Busy, EngineSlots, Metrics, RateLimited, RateLimiter, StageTimer
+from gateway.operations import EngineSlots, Metrics, RateLimited, RateLimiter, StageTimer
+from gateway.records import (
+    caller_fields,
+    columns_used,
+    decision_fields,
+    obligation_fields,
+    person_level,
+    request_record,
+)
 from gateway.results import ResultStore
 from gateway.settings import Settings
 from gateway.sql.analysis import Analysis, analyse
-from gateway.sql.dp_rewrite import DpPlan, rewrite_dp
 from gateway.sql.rewrite import Plan, rewrite
-from gateway.sql.scans import safe_casts
-from gateway.sql.tree import DIALECT
 from policies import Caller, Decision, Facts, Obligations, PolicySet, decide
 
 log = structlog.get_logger("sde_gateway.pipeline")
@@ -96,6 +96,7 @@ class Pipeline:
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         self.slots = EngineSlots(settings.max_concurrent_queries, settings.queue_timeout_s,
                                  self.metrics)
+        self.dp = DpStage(settings, catalogue, engine, ledger, self.slots)
         self._analyse = lru_cache(maxsize=1024)(self._analyse_uncached)
         # The rewrite is a pure function of the SQL and the obligations (which people, which
         # regime); under load the same queries come again and again.
@@ -134,131 +135,20 @@ class Pipeline:
                                                           rounded=rounded)
         return scales
 
-
-
-
-    # -- differential privacy -------------------------------------------------------------
-
-    def _dp_plan(self, analysis: Analysis, decision: Decision) -> DpPlan:
-        output = decision.obligations.output
-        return rewrite_dp(analysis, decision.obligations, self.catalogue,
-                          max_cells=output.max_cells_per_person,
-                          max_rows=output.max_rows_per_cell, row_cap=self.settings.row_cap)
-
-    def _dp_epsilon(self, req: QueryRequest, decision: Decision) -> float:
-        output = decision.obligations.output
-        epsilon = req.epsilon if req.epsilon is not None else output.epsilon_per_query
-        if not MIN_EPSILON <= epsilon <= output.epsilon_budget:
-            # below MIN_EPSILON the noise is meaningless and its scale overflows (review
-            # round 28: epsilon 1e-310 made an infinite Laplace scale, a 500)
-            raise SqlRejected(f"epsilon {epsilon:g} is outside [{MIN_EPSILON:g}, "
-                              f"{output.epsilon_budget:g}] (the project's whole budget)",
-                              code="invalid_epsilon",
-                              hint=f"ask for an epsilon of at least {MIN_EPSILON:g}, and no "
-                              "more than the budget left")
-        return epsilon
-
-    def _constants(self, analysis: Analysis) -> dict[int, Any]:
-        """The value of each constant label of a dp query, as the engine computes it: the dp
-        query leaves them out, and reading them off the syntax tree released ``-1``, ``NULL``
-        or ``DATE '2025-01-01'`` as their SQL text (review round 39). They read no column."""
-        tree = analysis.tree
-        at = [i for i, o in enumerate(analysis.outputs) if o.kind == "constant"]
-        if not at or not isinstance(tree, exp.Select):
-            return {}
-        labels = [tree.expressions[i].unalias() for i in at]
-        if any(label.find(exp.Column, exp.Table, exp.Select) for label in labels):
-            # the analysis makes a column constant only if it reads nothing; run nothing else
-            raise SqlRejected("a constant output column reads data",
-                              hint="name each label as a literal")
-        select = exp.select(*[exp.alias_(label.copy(), f"c{i}")
-                              for i, label in zip(at, labels, strict=True)])
-        safe_casts(select)
-        got = self.engine.execute(select.sql(dialect=DIALECT),
-                                  timeout_s=self.settings.query_timeout_s, row_cap=1)
-        return dict(zip(at, got.rows[0], strict=True))
-
-    def _run_dp(self, req: QueryRequest, caller: Caller, analysis: Analysis,
-                decision: Decision, record: dict[str, Any]) -> dict[str, Any]:
-        """Plan, price, spend, run, noise. Returns the body, or a stored answer's body."""
-        output = decision.obligations.output
-        plan = self._dp_plan(analysis, decision)
-        epsilon = self._dp_epsilon(req, decision)
-        mech = dp.build(plan, epsilon, output.delta_per_query)
-        record["executed_sql"] = plan.sql
-        constants = self._constants(analysis)  # before anything is spent
-        fingerprint = hashlib.sha256(json.dumps(
-            [req.project, decision.policy_id, req.sql, repr(epsilon), output.delta_per_query,
-             self.engine.data_version]).encode()).hexdigest()
-        reservation = self.ledger.reserve(
-            project=req.project, fingerprint=fingerprint, request_id=req.request_id,
-            subject=caller.sub, epsilon=mech.epsilon_spent, delta=mech.delta_spent,
-            epsilon_total=output.epsilon_budget, delta_total=output.delta_budget)
-        budget = reservation.budget
-        if reservation.answer is not None:
-            record["repeat_of"] = reservation.answer["query_id"]
-            body = {k: reservation.answer[k] for k in ("columns", "rows", "disclosure")}
-            body["disclosure"] = {**body["disclosure"], "epsilon_spent": 0.0,
-                                  "delta_spent": 0.0, "epsilon_left": budget.epsilon_left,
-                                  "repeat_of": reservation.answer["query_id"],
-                                  "note": "an identical query was answered before: its answer "
-                                  "is returned and nothing is spent"}
-            return body
-        if not reservation.spent:
-            figures = {"epsilon_requested": mech.epsilon_spent,
-                       "delta_requested": mech.delta_spent, **budget.as_dict()}
-            raise BudgetExhausted(
-                f"project {req.project} has epsilon {budget.epsilon_left:.6g} left; this query "
-                f"needs {mech.epsilon_spent:.6g}", reasons=[figures],
-                hint="ask for a smaller epsilon (the answer will be noisier), or ask the data "
-                "controller about the project's budget")
-        try:
-            self.slots.acquire()
-        except Busy:  # the query never reached the engine: take the spend back
-            self.ledger.cancel(req.request_id)
-            raise
-        record["epsilon_spent"] = mech.epsilon_spent
-        record["delta_spent"] = mech.delta_spent
-        record["dp_fingerprint"] = fingerprint
-        try:
-            try:
-                raw = self.engine.execute(plan.sql, timeout_s=self.settings.query_timeout_s,
-                                          row_cap=10 * self.settings.row_cap)
-            finally:
-                self.slots.release()
-            names = [o.name for o in analysis.outputs]
-            released = dp.release(mech, raw.rows, names, [o.kind for o in analysis.outputs],
-                                  constants)
-        except BaseException:
-            self._settle(req, (fingerprint, mech), None)
-            raise
-        disclosure = {
-            "regime": "dp", "epsilon_spent": mech.epsilon_spent,
-            "delta_spent": mech.delta_spent, "epsilon_left": budget.epsilon_left,
-            "delta_left": budget.delta_left, "accuracy": released.accuracy,
-            "mechanism": mech.describe(), "suppressed": released.suppressed,
-            "rounded_columns": [],
-        }
-        # as plain JSON like every other regime's values: keys from the data (dates, NaN),
-        # constants (1.5 is a Decimal) (review round 30)
-        rows = [[json_value(v) for v in row] for row in released.rows]
-        return {"columns": names, "rows": rows, "disclosure": disclosure,
-                "_dp": (fingerprint, mech)}
-
     # -- the whole ----------------------------------------------------------------------
 
     def explain(self, req: QueryRequest) -> dict[str, Any]:
         """The decision for a query, and what would run, without running anything."""
         started = time.perf_counter()
-        record = _request_record("explain", req)
+        record = request_record("explain", req)
         try:
             caller = self.verifier.verify(req.authorization)
-            record.update(_caller_fields(caller))
+            record.update(caller_fields(caller))
             self._limit(caller)
             analysis = self._analyse(req.sql)
-            record.update(tables=sorted(analysis.tables), columns=_columns(analysis))
+            record.update(tables=sorted(analysis.tables), columns=columns_used(analysis))
             decision = self._decide(caller, req, analysis)
-            record.update(_decision_fields(decision))
+            record.update(decision_fields(decision))
             body: dict[str, Any] = {
                 "query_id": req.request_id,
                 "decision": "permit" if decision.permitted else "deny",
@@ -267,16 +157,16 @@ class Pipeline:
                 "hint": decision.hint,
                 "datasets": list(decision.datasets),
                 "tables": sorted(analysis.tables),
-                "columns": _columns(analysis),
+                "columns": columns_used(analysis),
                 "outputs": [{"name": o.name, "kind": o.kind, "shape": o.shape or None}
                             for o in analysis.outputs],
             }
             if decision.permitted:
                 output = decision.obligations.output
-                body.update(obligations=_obligations(decision), output=output.describe())
-                if output.regime == "dp" and _person_level(analysis, self.catalogue):
-                    plan = self._dp_plan(analysis, decision)
-                    mech = dp.build(plan, self._dp_epsilon(req, decision),
+                body.update(obligations=obligation_fields(decision), output=output.describe())
+                if output.regime == "dp" and person_level(analysis, self.catalogue):
+                    plan = self.dp.plan(analysis, decision)
+                    mech = dp.build(plan, self.dp.epsilon(req, decision),
                                     output.delta_per_query)
                     body.update(executed_sql=plan.sql, contributions_sql=None,
                                 dp=mech.describe(), budget=self.ledger.budget(
@@ -299,12 +189,12 @@ class Pipeline:
 
     def run(self, req: QueryRequest) -> dict[str, Any]:
         started = time.perf_counter()
-        record = _request_record("query", req)
+        record = request_record("query", req)
         caller: Caller | None = None
         auth_error: Unauthenticated | None = None
         try:
             caller = self.verifier.verify(req.authorization)
-            record.update(_caller_fields(caller))
+            record.update(caller_fields(caller))
         except Unauthenticated as err:
             auth_error = err
         # Write-ahead: the request is on record before any work is done for it. If it cannot
@@ -318,10 +208,10 @@ class Pipeline:
             self._limit(caller)
             stage = timer.enter("analyse")
             analysis = self._analyse(req.sql)
-            record.update(tables=sorted(analysis.tables), columns=_columns(analysis))
+            record.update(tables=sorted(analysis.tables), columns=columns_used(analysis))
             stage = timer.enter("decide")
             decision = self._decide(caller, req, analysis)
-            record.update(_decision_fields(decision))
+            record.update(decision_fields(decision))
             if not decision.permitted:
                 raise PolicyDenied(
                     "the policy does not permit this query",
@@ -331,10 +221,10 @@ class Pipeline:
                 )
             output = decision.obligations.output
             record["regime"] = output.regime
-            record["obligations"] = _obligations(decision)
-            if output.regime == "dp" and _person_level(analysis, self.catalogue):
+            record["obligations"] = obligation_fields(decision)
+            if output.regime == "dp" and person_level(analysis, self.catalogue):
                 stage = timer.enter("dp")
-                body = self._run_dp(req, caller, analysis, decision, record)
+                body = self.dp.run(req, caller, analysis, decision, record)
             else:
                 check_outputs(analysis.outputs)
                 stage = timer.enter("rewrite")
@@ -402,16 +292,16 @@ class Pipeline:
         try:
             self._keep(req, caller, status, response)
         except StateUnavailable as err:
-            self._settle(req, spent, None)
+            self.dp.settle(req, spent, None)
             self._close(record, started, "failed", error=err)
             raise
         try:
             entry = self._close(record, started, status)
         except AuditUnavailable:
-            self._settle(req, spent, None)
+            self.dp.settle(req, spent, None)
             self.results.delete(req.request_id)
             raise
-        self._settle(req, spent, response)
+        self.dp.settle(req, spent, response)
         timer.close()
         regime = body["disclosure"]["regime"]
         self.metrics.suppressed.labels(regime).inc(len(body["disclosure"]["suppressed"]))
@@ -422,19 +312,6 @@ class Pipeline:
         response["audit"] = {"seq": entry["seq"], "hash": entry["hash"]}
         return response
 
-    def _settle(self, req: QueryRequest, spent: tuple | None,
-                response: dict[str, Any] | None) -> None:
-        """Close a dp spend: keep its answer for identical queries, or mark it failed. If the
-        ledger cannot take the outcome, the spend stays counted (marked interrupted at the next
-        start) and the outcome already decided stands."""
-        if spent is None:
-            return
-        try:
-            self.ledger.settle(project=req.project, fingerprint=spent[0],
-                               request_id=req.request_id, answer=response)
-        except LedgerUnavailable as err:
-            log.error("budget_outcome_not_kept", request_id=req.request_id, error=err.message)
-
     def _keep(self, req: QueryRequest, caller: Caller | None, status: str,
               body: dict[str, Any]) -> None:
         try:
@@ -443,7 +320,6 @@ class Pipeline:
         except sqlite3.Error as exc:
             raise StateUnavailable("the result store cannot be written; nothing is released",
                                    hint="operators: check the state directory's disk") from exc
-
 
     def _close(self, record: dict[str, Any], started: float, decision: str,
                error: GatewayError | None = None) -> dict[str, Any]:
@@ -493,83 +369,3 @@ class Pipeline:
         log.info("audited", seq=entry["seq"], decision=record.get("decision"),
                  kind=record.get("event"), subject=record.get("subject"))
         return entry
-
-
-def _person_level(analysis: Analysis, catalogue: Catalogue) -> bool:
-    return any((t := catalogue.table(n)) is not None and t.kind.value == "person_level"
-               for n in analysis.tables)
-
-
-
-
-
-
-
-
-#: dp: the smallest epsilon a query may ask for
-MIN_EPSILON = 1e-3
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-def _request_record(event: str, req: QueryRequest) -> dict[str, Any]:
-    return {"event": event, "request_id": req.request_id, "project": req.project,
-            "purpose": req.purpose, "sql": req.sql,
-            "sql_sha256": hashlib.sha256(req.sql.encode("utf-8", "replace")).hexdigest()}
-
-
-def _caller_fields(caller: Caller) -> dict[str, Any]:
-    return {"subject": caller.sub, "org": caller.org, "org_type": caller.org_type,
-            "roles": list(caller.roles)}
-
-
-def _decision_fields(decision: Decision) -> dict[str, Any]:
-    return {"policy_id": decision.policy_id, "legal_basis": decision.legal_basis,
-            "datasets": list(decision.datasets),
-            "reasons": [r.__dict__ for r in decision.reasons]}
-
-
-
-
-
-
-def _obligations(decision: Decision) -> dict[str, Any]:
-    """Which people the query could see: what IG staff search on ("Suffolk residents")."""
-    o = decision.obligations
-    residence = None
-    if o.residence is not None:
-        r = o.residence
-        where = f"{r.lookup_table}.{r.column}" if r.lookup_table else f"{r.person_table}.{r.column}"
-        residence = {"by": where, "values": list(r.values)}
-    return {"residents_of": residence, "opt_out_removed": o.remove_opted_out,
-            "consent_study": o.consent.study_id if o.consent else None}
-
-
-def _columns(analysis: Analysis) -> list[dict[str, Any]]:
-    clauses: dict[tuple[str, str], set[str]] = {}
-    for use in analysis.columns:
-        clauses.setdefault((use.table, use.column), set()).add(use.clause)
-    return [{"table": t, "column": c, "clauses": sorted(cl)}
-            for (t, c), cl in sorted(clauses.items())]
-
-
