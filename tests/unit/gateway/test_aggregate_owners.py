@@ -28,6 +28,15 @@ HIDDEN = "SUM(CASE WHEN p.sex = 'F' THEN MONTH(p.registration_date) ELSE 0 END)"
     # subquery's (no harm there, but not what the rules read)
     "SELECT COUNT(*) AS n FROM (SELECT p.person_id FROM patients p GROUP BY p.person_id "
     "HAVING (SELECT SUM(p.year_of_birth)) > 1950) x",
+    # review round 41: the FILTER counts with the arguments; COUNT(*) and SUM(1) read no
+    # column, so a FILTER on the enclosing query's columns alone makes them its aggregates
+    "SELECT COUNT(*) AS n FROM (SELECT p.person_id FROM patients p GROUP BY p.person_id "
+    "HAVING (SELECT COUNT(*) FILTER (WHERE p.year_of_birth > 1950)) > 0) x",
+    "SELECT p.sex, COUNT(*) AS n FROM patients p GROUP BY 1 ORDER BY (SELECT SUM(1) "
+    "FILTER (WHERE p.sex = 'F' AND MONTH(p.registration_date) > 6))",
+    "SELECT p.sex, COUNT(*) AS n FROM patients p WHERE EXISTS (SELECT 1 FROM "
+    "hospital_admissions h WHERE h.person_id = p.person_id GROUP BY h.person_id "
+    "HAVING (SELECT COUNT(*) FILTER (WHERE p.year_of_birth > 1950)) > 0) GROUP BY 1",
 ])
 def test_an_aggregate_of_enclosing_columns_is_refused_wherever_it_stands(
         sql, catalogue, monkeypatch):
@@ -43,6 +52,10 @@ def test_an_aggregate_of_enclosing_columns_is_refused_wherever_it_stands(
     "SELECT p.sex, COUNT(*) AS n FROM patients p WHERE EXISTS (SELECT 1 FROM "
     "hospital_admissions h WHERE h.person_id = p.person_id GROUP BY h.person_id "
     "HAVING SUM(h.length_of_stay) > 10) GROUP BY 1",
+    # its own FILTER on its own columns, its arguments none: the subquery's
+    "SELECT p.sex, COUNT(*) AS n FROM patients p WHERE (SELECT COUNT(*) FILTER "
+    "(WHERE h.length_of_stay > 3) FROM hospital_admissions h WHERE h.person_id = "
+    "p.person_id) > 1 GROUP BY 1",
 ])
 def test_a_subquerys_own_aggregate_stands(sql, catalogue):
     analyse(sql, catalogue, max_chars=20_000, max_depth=64)
